@@ -1,0 +1,1 @@
+"""Media cache: the content-addressed store arrives with the media issue."""
