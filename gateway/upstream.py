@@ -1,0 +1,295 @@
+"""The one client that talks to Grok: curl_cffi, async, streaming.
+
+Every outbound call goes through `GrokClient`. HTTP statuses, in-band error
+bodies and curl errors are translated here, once, into this hierarchy:
+
+    UpstreamError                  anything that went wrong upstream
+     ├── UpstreamAuthError         401 / invalid-credential 400: the account is invalid
+     │    └── UpstreamBanned       403 `blocked-user`: the account is banned
+     ├── UpstreamBlocked           403 Cloudflare challenge or anti-bot: change proxy / cf_clearance
+     ├── UpstreamRateLimited       429 or "usage limit": cool the account down
+     ├── UpstreamUnavailable       5xx, network, TLS, a cut transfer: retry elsewhere
+     │    └── UpstreamTimeout      no first byte / idle gap / total time exceeded (ours)
+     └── UpstreamProtocolError     an answer we cannot read
+
+No other module catches a curl_cffi exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import string
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+from curl_cffi import CurlHttpVersion
+from curl_cffi.requests import AsyncSession, Response
+from curl_cffi.requests.exceptions import RequestException
+
+logger = logging.getLogger(__name__)
+
+CHAT_PATH = "/rest/app-chat/conversations/new"
+RATE_LIMITS_PATH = "/rest/rate-limits"
+
+# Body markers that decide what a 4xx means (protocol §11).
+_CREDENTIAL_MARKERS = (
+    "invalid-credentials", "bad-credentials", "failed to look up session id", "email-domain-rejected",
+    "session not found", "account suspended", "token revoked", "token expired",
+)
+_BANNED_MARKERS = ("blocked-user", "user is blocked")
+_CLOUDFLARE_MARKERS = ("just a moment", "challenge-platform", "__cf_chl", "cf-chl-", "cloudflare")
+
+
+class UpstreamError(Exception):
+    """Grok did not give us a usable answer."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamAuthError(UpstreamError):
+    """Grok rejected the account's credentials (401, or a 400 naming them)."""
+
+
+class UpstreamBanned(UpstreamAuthError):
+    """Grok says the account is blocked (`blocked-user`)."""
+
+
+class UpstreamBlocked(UpstreamError):
+    """Cloudflare or the anti-bot check refused the request: the IP or fingerprint, not the account."""
+
+    def __init__(self, message: str, *, status: int | None = 403, kind: str = "cloudflare") -> None:
+        super().__init__(message, status=status)
+        self.kind = kind
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The account hit its rate or usage limit for this mode."""
+
+    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    """5xx, a network or TLS failure, or a transfer cut short: worth retrying elsewhere."""
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """Grok sent nothing within one of our budgets (first byte, idle gap, total)."""
+
+    def __init__(self, message: str, *, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+class UpstreamProtocolError(UpstreamError):
+    """Grok answered something that is not the protocol we speak."""
+
+
+def classify_error_body(status: int, body: str, retry_after: float | None = None) -> UpstreamError:
+    """Map an HTTP error status and its body to the hierarchy above."""
+    text = body.lower()
+    snippet = " ".join(body.split())[:200]
+    if any(m in text for m in _BANNED_MARKERS):
+        return UpstreamBanned(f"account is blocked by Grok: {snippet}", status=status)
+    if status == 401 or (status == 400 and any(m in text for m in _CREDENTIAL_MARKERS)):
+        return UpstreamAuthError(f"Grok rejected the account's sso token (HTTP {status})", status=status)
+    if status == 403:
+        if "anti-bot" in text:
+            return UpstreamBlocked("Grok's anti-bot check rejected the request", kind="antibot")
+        return UpstreamBlocked("Cloudflare blocked the request (challenge page)", kind="cloudflare")
+    if status == 429:
+        return UpstreamRateLimited(f"Grok rate limit: {snippet or 'too many requests'}", retry_after=retry_after)
+    if status >= 500:
+        return UpstreamUnavailable(f"Grok returned HTTP {status}", status=status)
+    return UpstreamProtocolError(f"Grok returned HTTP {status}: {snippet}", status=status)
+
+
+def classify_inband_error(message: str, code: object = None) -> UpstreamError:
+    """An error that arrived inside a 200 stream, named like the HTTP status it stands for (§11.2)."""
+    text = message.lower()
+    if "usage limit" in text or "usage quota" in text or "rate limit" in text or "too many requests" in text:
+        return UpstreamRateLimited(f"Grok rate limit: {message}", status=None)
+    if code == 8:
+        return UpstreamRateLimited(f"Grok rate limit: {message}", status=None)
+    if any(m in text for m in _BANNED_MARKERS):
+        return UpstreamBanned(f"account is blocked by Grok: {message}")
+    if "anti-bot" in text or code == 7:
+        return UpstreamBlocked(f"Grok's anti-bot check rejected the request: {message}", status=None, kind="antibot")
+    if code == 16 or any(m in text for m in _CREDENTIAL_MARKERS):
+        return UpstreamAuthError(f"Grok rejected the account: {message}")
+    # Anything else stands for a 5xx: worth another account.
+    return UpstreamUnavailable(f"Grok reported an error: {message}")
+
+
+@contextmanager
+def _translate() -> Iterator[None]:
+    """Turn every curl_cffi failure into an `UpstreamUnavailable`, keeping the cause."""
+    try:
+        yield
+    except RequestException as exc:
+        raise UpstreamUnavailable(f"network error talking to Grok: {exc}") from exc
+
+
+def statsig_id(constant: str = "") -> str:
+    """`x-statsig-id` (§13.1): a configured constant, else the browser's fallback shape with fresh letters."""
+    if constant:
+        return constant
+    if random.random() < 0.5:
+        tag = "".join(random.choices(string.ascii_letters + string.digits, k=5))
+        text = f"e:TypeError: Cannot read properties of null (reading 'children['{tag}']')"
+    else:
+        tag = "".join(random.choices(string.ascii_lowercase, k=10))
+        text = f"e:TypeError: Cannot read properties of undefined (reading '{tag}')"
+    return base64.b64encode(text.encode()).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    base_url: str
+    assets_url: str
+    impersonate: str
+    user_agent: str
+    statsig_id: str = ""
+    cf_clearance: str = ""
+    proxy_url: str = ""
+    max_clients: int = 1000
+    connect_timeout: float = 15.0
+
+
+# One AsyncSession per event loop (a session is bound to the loop it was made on).
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncSession] = weakref.WeakKeyDictionary()
+
+
+def _session(config: ClientConfig) -> AsyncSession:
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None:
+        session = AsyncSession(
+            impersonate=config.impersonate,
+            # The default of 10 would silently queue the 11th concurrent stream.
+            max_clients=config.max_clients,
+            http_version=CurlHttpVersion.V1_1 if config.base_url.startswith("http://") else None,
+            proxy=config.proxy_url or None,
+        )
+        _sessions[loop] = session
+    return session
+
+
+async def close_sessions() -> None:
+    """Close this loop's session (tests and shutdown)."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+class GrokClient:
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+
+    def headers(self, token: str, *, referer: str = "/") -> dict[str, str]:
+        """The §1.3 headers of a browser tab on grok.com, with the account's cookies."""
+        origin = "https://grok.com"
+        cookie = f"sso={token}; sso-rw={token}"
+        if self.config.cf_clearance:
+            cookie += f"; cf_clearance={self.config.cf_clearance}"
+        return {
+            "Accept": "*/*",
+            "Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8",
+            "Content-Type": "application/json",
+            "User-Agent": self.config.user_agent,
+            "Origin": origin,
+            "Referer": origin + referer,
+            "Priority": "u=1, i",
+            "Sec-Fetch-Dest": "empty",
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Site": "same-origin",
+            "Cache-Control": "no-cache",
+            "Pragma": "no-cache",
+            "x-xai-request-id": str(uuid.uuid4()),
+            "x-statsig-id": statsig_id(self.config.statsig_id),
+            "Cookie": cookie,
+        }
+
+    @asynccontextmanager
+    async def chat(self, token: str, payload: dict, *, first_byte_timeout: float, total_timeout: float
+                   ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """POST a chat and yield its NDJSON lines as they arrive.
+
+        Raises an `UpstreamError` before yielding when Grok answers an error
+        status. Leaving the block stops the transfer at once, even mid-stream.
+        """
+        url = self.config.base_url + CHAT_PATH
+        session = _session(self.config)
+        with _translate():
+            try:
+                response = await asyncio.wait_for(
+                    session.request(
+                        "POST", url, headers=self.headers(token), data=json.dumps(payload), stream=True,
+                        timeout=(self.config.connect_timeout, total_timeout + 5),
+                    ),
+                    first_byte_timeout,
+                )
+            except TimeoutError as exc:
+                raise UpstreamTimeout(
+                    f"Grok sent no response headers within {first_byte_timeout:g} s", phase="first_byte"
+                ) from exc
+        try:
+            if response.status_code != 200:
+                raise await self._error_from(response)
+            yield self._lines(response)
+        finally:
+            await _stop(response)
+
+    @staticmethod
+    async def _lines(response: Response) -> AsyncIterator[bytes]:
+        with _translate():
+            async for line in response.aiter_lines():
+                yield line
+
+    @staticmethod
+    async def _error_from(response: Response) -> UpstreamError:
+        try:
+            with _translate():
+                body = (await asyncio.wait_for(response.acontent(), 10))[:4096].decode("utf-8", "replace")
+        except (UpstreamError, TimeoutError):
+            body = ""
+        retry_after = None
+        raw = response.headers.get("retry-after")
+        if raw and raw.strip().isdigit():
+            retry_after = float(raw)
+        return classify_error_body(response.status_code, body, retry_after)
+
+    async def rate_limits(self, token: str, mode: str) -> dict:
+        """`POST /rest/rate-limits` for one mode (§8.1); the pools issue builds quotas on it."""
+        session = _session(self.config)
+        with _translate():
+            response = await session.post(
+                self.config.base_url + RATE_LIMITS_PATH, headers=self.headers(token),
+                data=json.dumps({"modelName": mode}), timeout=30,
+            )
+        if response.status_code != 200:
+            raise classify_error_body(response.status_code, response.text)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamProtocolError("rate-limits answer is not JSON") from exc
+
+
+async def _stop(response: Response) -> None:
+    """Stop a streamed transfer now; without `quit_now` curl would read it to the end."""
+    if response.quit_now is not None:
+        response.quit_now.set()
+    try:
+        await response.aclose()
+    except RequestException:  # the transfer we just aborted reports its own abort
+        pass

@@ -1,0 +1,116 @@
+"""Shared cast for the suite: a real fake Grok, a real gateway server, real clients.
+
+- `fake_grok`: the built-in fake upstream (`gateway/fakegrok`) on a loopback port.
+- `gateway_url`: the gateway itself, served by daphne (the ASGI server `make run`
+  uses) in a background thread, pointed at the fake, sharing the test database.
+- `accounts`: helpers to put accounts in the pool; tokens pick the fake's behaviour
+  (`expired-…`, `ratelimited-…`, `banned-…`, `cfblocked-…`, `flaky-…`, anything else works).
+- `client`: the official `openai` SDK, pointed at the gateway.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from gateway.fakegrok import FakeGrok
+
+API_KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="session")
+def fake_grok() -> Iterator[FakeGrok]:
+    fake = FakeGrok(host="127.0.0.1", port=0)
+    fake.start_in_thread()
+    yield fake
+    fake.stop_thread()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(django_db_setup, django_db_blocker, fake_grok: FakeGrok) -> Iterator[str]:
+    from daphne.server import Server
+
+    settings.GROK_BASE_URL = fake_grok.base_url
+    settings.GROK_ASSETS_URL = fake_grok.base_url
+    settings.API_KEYS = [API_KEY]
+    from grok2api.asgi import application
+
+    server = Server(application=application, endpoints=["tcp:port=0:interface=127.0.0.1"], signal_handlers=False)
+    thread = threading.Thread(target=server.run, name="daphne", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.listening_addresses:
+        if time.monotonic() > deadline:
+            raise RuntimeError("daphne did not start listening")
+        time.sleep(0.02)
+    host, port = server.listening_addresses[0]
+    yield f"http://{host}:{port}"
+
+
+@pytest.fixture
+def gateway(gateway_url: str, fake_grok: FakeGrok, transactional_db) -> Iterator[str]:
+    """The gateway's base URL, with a fresh fake and an empty pool; waits for streams to drain after."""
+    fake_grok.reset()
+    yield gateway_url
+    _wait_idle(fake_grok)
+
+
+def _wait_idle(fake: FakeGrok, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(fake.stats(t).in_flight for t in {r.token for r in fake.requests() if r.token}):
+            return
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def client(gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway + "/v1", api_key=API_KEY, max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def aclient(gateway: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gateway + "/v1", api_key=API_KEY, max_retries=0, timeout=30)
+
+
+class Pool:
+    """Put accounts in the pool: `pool.add("good-1")`, `pool.add("expired-1", tier="super")`."""
+
+    def add(self, token: str, tier: str = "basic", **fields: object):
+        from pools.models import Account
+
+        return Account.objects.create(token=token, tier=tier, **fields)
+
+    def get(self, token: str):
+        from pools.models import Account
+
+        return Account.objects.get(token=token)
+
+
+@pytest.fixture
+def pool(transactional_db) -> Pool:
+    return Pool()
+
+
+@pytest.fixture
+def runtime():
+    """Change runtime settings for one test: `runtime(first_byte_timeout=0.5)`."""
+    overrides = []
+
+    def apply(**values: object) -> None:
+        merged = copy.deepcopy(settings.RUNTIME_DEFAULTS)
+        merged.update(values)
+        override = override_settings(RUNTIME_DEFAULTS=merged)
+        override.enable()
+        overrides.append(override)
+
+    yield apply
+    for override in reversed(overrides):
+        override.disable()

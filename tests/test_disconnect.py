@@ -1,0 +1,61 @@
+"""A client that goes away stops the upstream transfer and frees its account."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from tests.conftest import API_KEY
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _wait(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_it_stops_the_upstream_stream_when_the_client_disconnects(gateway, pool, fake_grok):
+    pool.add("good-1")
+    host, port = gateway.removeprefix("http://").split(":")
+    body = ('{"model":"grok-chat-fast","stream":true,"messages":[{"role":"user","content":"[fake:pace=400:25]"}]}')
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request.encode())
+        received = b""
+        while received.count(b"data: ") < 5:
+            received += sock.recv(4096)
+        assert fake_grok.stats("good-1").in_flight == 1
+    # 400 tokens at 25 ms would take 10 s: the fake must see us leave long before that.
+    assert _wait(lambda: fake_grok.stats("good-1").disconnected == 1)
+    assert fake_grok.stats("good-1").in_flight == 0
+    assert fake_grok.stats("good-1").completed == 0
+    account = pool.get("good-1")
+    assert account.status == "active" and account.failure_count == 0
+
+
+async def test_it_stops_the_upstream_when_an_sdk_stream_is_closed_early(gateway, aclient, fake_grok, transactional_db):
+    from pools.models import Account
+
+    await Account.objects.acreate(token="good-2")
+    stream = await aclient.chat.completions.create(
+        model="grok-chat-fast", stream=True, messages=[{"role": "user", "content": "[fake:pace=400:25]"}])
+    seen = 0
+    async for _chunk in stream:
+        seen += 1
+        if seen == 3:
+            break
+    await stream.close()
+    for _ in range(100):
+        if fake_grok.stats("good-2").disconnected:
+            break
+        await asyncio.sleep(0.05)
+    assert fake_grok.stats("good-2").disconnected == 1

@@ -1,0 +1,144 @@
+"""Every failure a client can meet is an OpenAI-shaped error with the right status."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY
+from tests.openai_spec import validate
+
+pytestmark = pytest.mark.timeout(30)
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _call(gateway: str, method: str = "POST", path: str = "/v1/chat/completions", **kwargs) -> httpx.Response:
+    kwargs.setdefault("headers", AUTH)
+    return httpx.request(method, gateway + path, timeout=30, **kwargs)
+
+
+def _error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    validate("ErrorResponse", body)
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"messages": HI}, "model", "model"),
+        ({"model": "grok-chat-fast"}, "messages", "messages"),
+        ({"model": "grok-chat-fast", "messages": []}, "messages", "messages"),
+        ({"model": "grok-chat-fast", "messages": [{"content": "x"}]}, "messages[0].role", "role"),
+        ({"model": "grok-chat-fast", "messages": HI, "temperature": 7}, "temperature", "temperature"),
+        ({"model": "grok-chat-fast", "messages": HI, "n": 2}, "n", "n=1"),
+        ({"model": "grok-chat-fast", "messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
+         "messages[0].role", "Tool"),
+        ({"model": "grok-chat-fast", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}, "messages[0].content[0]", "Image"),
+        ({"model": "grok-chat-fast", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "role"),
+    ],
+)
+def test_it_answers_400_naming_the_field(gateway, pool, body, param, words):
+    pool.add("good-1")
+    error = _error(_call(gateway, json=body), 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert words in error["message"]
+
+
+def test_it_answers_400_for_a_body_that_is_not_json(gateway):
+    error = _error(_call(gateway, content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}), 400)
+    assert error["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
+def test_it_answers_401_without_a_valid_key(gateway, headers):
+    error = _error(_call(gateway, json={"model": "grok-chat-fast", "messages": HI}, headers=headers), 401)
+    assert error["code"] == "invalid_api_key"
+    _error(_call(gateway, "GET", "/v1/models", headers=headers), 401)
+
+
+def test_it_answers_404_for_an_unknown_model(gateway, pool):
+    pool.add("good-1")
+    error = _error(_call(gateway, json={"model": "gpt-4o", "messages": HI}), 404)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/nope/deeper", "/v1"])
+def test_it_answers_404_for_unknown_routes(gateway, path):
+    _error(_call(gateway, "GET", path), 404)
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/chat/completions"), ("DELETE", "/v1/models"),
+                                              ("POST", "/v1/models/grok-chat-fast")])
+def test_it_answers_405_for_a_wrong_method(gateway, method, path):
+    error = _error(_call(gateway, method, path), 405)
+    assert error["code"] == "method_not_allowed"
+
+
+def test_it_answers_503_naming_the_tier_when_no_account_can_serve(gateway, pool):
+    pool.add("good-1", tier="basic")
+    for stream in (False, True):
+        error = _error(_call(gateway, json={"model": "grok-chat-expert", "messages": HI, "stream": stream}), 503)
+        assert "super" in error["message"] and "grok-chat-expert" in error["message"]
+
+
+def test_it_answers_503_for_an_empty_pool(gateway):
+    _error(_call(gateway, json={"model": "grok-chat-fast", "messages": HI}), 503)
+
+
+def test_it_answers_429_with_retry_after_when_every_account_is_rate_limited(gateway, pool, fake_grok):
+    pool.add("ratelimited-1")
+    pool.add("ratelimited-2")
+    response = _call(gateway, json={"model": "grok-chat-fast", "messages": HI, "stream": True})
+    error = _error(response, 429)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert error["type"] == "rate_limit_error"
+    # Both accounts were tried and are now cooling: the next call is refused without touching Grok.
+    assert pool.get("ratelimited-1").status == "cooling"
+    before = len(fake_grok.requests())
+    again = _call(gateway, json={"model": "grok-chat-fast", "messages": HI})
+    _error(again, 429)
+    assert len(fake_grok.requests()) == before
+
+
+def test_it_answers_502_naming_the_fix_for_a_cloudflare_block(gateway, pool):
+    pool.add("cfblocked-1")
+    error = _error(_call(gateway, json={"model": "grok-chat-fast", "messages": HI}), 502)
+    assert "proxy" in error["message"].lower() and "cf_clearance" in error["message"].lower()
+    assert pool.get("cfblocked-1").status == "active"  # not the account's fault
+
+
+def test_it_answers_502_for_an_anti_bot_rejection(gateway, pool):
+    pool.add("good-1")
+    body = {"model": "grok-chat-fast", "messages": [{"role": "user", "content": "[fake:status=403-antibot]"}]}
+    error = _error(_call(gateway, json=body), 502)
+    assert error["code"] == "upstream_blocked"
+
+
+def test_it_answers_502_when_grok_keeps_failing(gateway, pool, fake_grok):
+    for i in range(3):
+        pool.add(f"flaky-{i}")
+    error = _error(_call(gateway, json={"model": "grok-chat-fast", "messages": HI, "stream": True}), 502)
+    assert error["code"] == "upstream_unavailable"
+    assert sum(1 for r in fake_grok.requests() if r.path.endswith("/new")) == 3  # max_attempts
+
+
+def test_it_answers_504_when_grok_sends_nothing_in_time(gateway, pool, runtime):
+    runtime(first_byte_timeout=0.5)
+    pool.add("good-1")
+    for stream in (False, True):
+        body = {"model": "grok-chat-fast", "messages": [{"role": "user", "content": "[fake:stall=3]"}],
+                "stream": stream}
+        error = _error(_call(gateway, json=body), 504)
+        assert error["code"] == "upstream_timeout"
+
+
+def test_it_answers_413_for_an_oversized_body(gateway, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"model": "grok-chat-fast", "messages": [{"role": "user", "content": "x" * 5000}]}
+    _error(_call(gateway, json=body), 413)
