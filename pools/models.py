@@ -10,10 +10,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.db import models
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 TIER_ORDER = {"basic": 0, "super": 1, "heavy": 2}
+
+
+def tiers_at_least(tier: str) -> list[str]:
+    """The account tiers able to serve a model that needs `tier` (a heavy account serves all)."""
+    return [name for name, rank in TIER_ORDER.items() if rank >= TIER_ORDER[tier]]
 
 
 def mask_token(token: str) -> str:
@@ -36,6 +41,37 @@ class Status(models.TextChoices):
     DISABLED = "disabled", "Disabled"
 
 
+class AccountQuerySet(models.QuerySet):
+    def able_to_serve(self, tier: str) -> AccountQuerySet:
+        return self.filter(tier__in=tiers_at_least(tier))
+
+    def usable(self, now: datetime) -> AccountQuerySet:
+        """Active, or cooling with a window that has already ended (a null window counts as ended)."""
+        ended = Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now)
+        return self.filter(Q(status=Status.ACTIVE) | (Q(status=Status.COOLING) & ended))
+
+    def end_cooldowns(self, now: datetime) -> int:
+        """Put accounts whose cooldown window has passed back in rotation; returns how many."""
+        return (
+            self.filter(status=Status.COOLING)
+            .filter(Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now))
+            .update(status=Status.ACTIVE, cooldown_until=None)
+        )
+
+    # Bulk operator actions (admin). Each returns the number of rows it changed.
+
+    def enable(self) -> int:
+        return self.exclude(status=Status.ACTIVE, cooldown_until__isnull=True).update(
+            status=Status.ACTIVE, cooldown_until=None
+        )
+
+    def disable(self) -> int:
+        return self.exclude(status=Status.DISABLED).update(status=Status.DISABLED, cooldown_until=None)
+
+    def reset_failures(self) -> int:
+        return self.exclude(failure_count=0, last_error="").update(failure_count=0, last_error="")
+
+
 class Account(models.Model):
     token = models.TextField(unique=True, help_text="The `sso` cookie value. Shown masked.")
     tier = models.CharField(max_length=8, choices=Tier.choices, default=Tier.BASIC, db_index=True)
@@ -47,6 +83,8 @@ class Account(models.Model):
     use_count = models.PositiveIntegerField(default=0)
     note = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = AccountQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
@@ -62,6 +100,19 @@ class Account(models.Model):
         Account.objects.filter(pk=self.pk).update(**fields)
         self.refresh_from_db()
 
+    def claim(self, now: datetime) -> bool:
+        """Mark this account used, if nobody else did since it was read.
+
+        The row count of the conditional UPDATE decides who won, so two workers that
+        read the same least-recently-used row cannot both take it.
+        """
+        won = Account.objects.filter(pk=self.pk, status=Status.ACTIVE, use_count=self.use_count).update(
+            last_used_at=now, use_count=F("use_count") + 1
+        )
+        if won:
+            self.last_used_at, self.use_count = now, self.use_count + 1
+        return bool(won)
+
     def mark_used(self) -> None:
         self._update(last_used_at=timezone.now(), use_count=F("use_count") + 1)
 
@@ -72,9 +123,7 @@ class Account(models.Model):
         self._update(failure_count=F("failure_count") + 1, last_error=reason[:500])
 
     def mark_expired(self, reason: str) -> None:
-        self._update(
-            status=Status.EXPIRED, failure_count=F("failure_count") + 1, last_error=reason[:500]
-        )
+        self._update(status=Status.EXPIRED, failure_count=F("failure_count") + 1, last_error=reason[:500])
 
     def cool_down(self, until: datetime, reason: str) -> None:
         self._update(status=Status.COOLING, cooldown_until=until, last_error=reason[:500])

@@ -4,30 +4,54 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Account',
+            name="Account",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('token', models.TextField(help_text='The `sso` cookie value. Shown masked.', unique=True)),
-                ('tier', models.CharField(choices=[('basic', 'Basic'), ('super', 'Super'), ('heavy', 'Heavy')], db_index=True, default='basic', max_length=8)),
-                ('status', models.CharField(choices=[('active', 'Active'), ('cooling', 'Cooling down'), ('expired', 'Expired'), ('disabled', 'Disabled')], db_index=True, default='active', max_length=10)),
-                ('cooldown_until', models.DateTimeField(blank=True, null=True)),
-                ('failure_count', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('last_used_at', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('use_count', models.PositiveIntegerField(default=0)),
-                ('note', models.CharField(blank=True, default='', max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("token", models.TextField(help_text="The `sso` cookie value. Shown masked.", unique=True)),
+                (
+                    "tier",
+                    models.CharField(
+                        choices=[("basic", "Basic"), ("super", "Super"), ("heavy", "Heavy")],
+                        db_index=True,
+                        default="basic",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("active", "Active"),
+                            ("cooling", "Cooling down"),
+                            ("expired", "Expired"),
+                            ("disabled", "Disabled"),
+                        ],
+                        db_index=True,
+                        default="active",
+                        max_length=10,
+                    ),
+                ),
+                ("cooldown_until", models.DateTimeField(blank=True, null=True)),
+                ("failure_count", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("last_used_at", models.DateTimeField(blank=True, db_index=True, null=True)),
+                ("use_count", models.PositiveIntegerField(default=0)),
+                ("note", models.CharField(blank=True, default="", max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
     ]
