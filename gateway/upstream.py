@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import contextvars
 import json
 import logging
 import random
@@ -29,7 +31,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-from curl_cffi import CurlHttpVersion
+from curl_cffi import Curl, CurlError, CurlHttpVersion
 from curl_cffi.requests import AsyncSession, Response
 from curl_cffi.requests.exceptions import RequestException
 
@@ -166,15 +168,35 @@ class ClientConfig:
     connect_timeout: float = 15.0
 
 
-# One AsyncSession per event loop (a session is bound to the loop it was made on).
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncSession] = weakref.WeakKeyDictionary()
+# The curl handles a request took, so a transfer can be aborted at once even when
+# no byte arrives (curl only checks `quit_now` when data comes in).
+_handles: contextvars.ContextVar[list[Curl]] = contextvars.ContextVar("curl_handles")
 
 
-def _session(config: ClientConfig) -> AsyncSession:
+class _Session(AsyncSession):
+    async def pop_curl(self) -> Curl:
+        curl = await super().pop_curl()
+        holder = _handles.get(None)
+        if holder is not None:
+            holder.append(curl)
+        return curl
+
+    def abort(self, curls: list[Curl]) -> None:
+        """Drop these transfers from the multi handle now; their connections close."""
+        for curl in curls:
+            with contextlib.suppress(CurlError):
+                self.acurl.remove_handle(curl)
+
+
+# One session per event loop (a session is bound to the loop it was made on).
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Session] = weakref.WeakKeyDictionary()
+
+
+def _session(config: ClientConfig) -> _Session:
     loop = asyncio.get_running_loop()
     session = _sessions.get(loop)
     if session is None:
-        session = AsyncSession(
+        session = _Session(
             impersonate=config.impersonate,
             # The default of 10 would silently queue the 11th concurrent stream.
             max_clients=config.max_clients,
@@ -230,25 +252,35 @@ class GrokClient:
         """
         url = self.config.base_url + CHAT_PATH
         session = _session(self.config)
+        curls: list[Curl] = []
+        marker = _handles.set(curls)
+        try:
+            request = asyncio.ensure_future(session.request(
+                "POST", url, headers=self.headers(token), data=json.dumps(payload), stream=True,
+                timeout=(self.config.connect_timeout, total_timeout + 5),
+            ))
+        finally:
+            _handles.reset(marker)
+        try:
+            done, _ = await asyncio.wait((request,), timeout=first_byte_timeout)
+        except BaseException:  # our caller was cancelled (the client left): stop the transfer too
+            await _abort(session, curls, request)
+            raise
+        if not done:
+            await _abort(session, curls, request)
+            raise UpstreamTimeout(
+                f"Grok sent no response headers within {first_byte_timeout:g} s", phase="first_byte"
+            )
         with _translate():
-            try:
-                response = await asyncio.wait_for(
-                    session.request(
-                        "POST", url, headers=self.headers(token), data=json.dumps(payload), stream=True,
-                        timeout=(self.config.connect_timeout, total_timeout + 5),
-                    ),
-                    first_byte_timeout,
-                )
-            except TimeoutError as exc:
-                raise UpstreamTimeout(
-                    f"Grok sent no response headers within {first_byte_timeout:g} s", phase="first_byte"
-                ) from exc
+            response = request.result()
         try:
             if response.status_code != 200:
                 raise await self._error_from(response)
             yield self._lines(response)
         finally:
-            await _stop(response)
+            if response.quit_now is not None:
+                response.quit_now.set()
+            await _abort(session, curls, response.astream_task)
 
     @staticmethod
     async def _lines(response: Response) -> AsyncIterator[bytes]:
@@ -285,11 +317,10 @@ class GrokClient:
             raise UpstreamProtocolError("rate-limits answer is not JSON") from exc
 
 
-async def _stop(response: Response) -> None:
-    """Stop a streamed transfer now; without `quit_now` curl would read it to the end."""
-    if response.quit_now is not None:
-        response.quit_now.set()
-    try:
-        await response.aclose()
-    except RequestException:  # the transfer we just aborted reports its own abort
-        pass
+async def _abort(session: _Session, curls: list[Curl], task: asyncio.Future | None) -> None:
+    """Stop a transfer now, whatever state it is in, and wait for curl to let go of it."""
+    if task is not None and not task.done():
+        session.abort(curls)
+        task.cancel()
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)

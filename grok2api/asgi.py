@@ -1,5 +1,6 @@
 """ASGI entry point: Channels routes HTTP to Django (the MCP mount joins here later)."""
 
+import logging
 import os
 
 from django.core.asgi import get_asgi_application
@@ -8,5 +9,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "grok2api.settings")
 django_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402 - needs Django set up first
+from django.conf import settings  # noqa: E402
+
+if not settings.API_KEYS:
+    logging.getLogger("grok2api").warning(
+        "API_KEY is not set: /v1 is open to anyone who can reach %s:%s. Set API_KEY to require a key.",
+        settings.HOST, settings.PORT,
+    )
 
 application = ProtocolTypeRouter({"http": django_app})

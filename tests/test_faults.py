@@ -25,7 +25,8 @@ def _stream(gateway: str, prompt: str, model: str = "grok-chat-fast") -> tuple[i
 
 def _content(events: list[str]) -> str:
     chunks = [json.loads(e) for e in events if e != "[DONE]"]
-    return "".join((c.get("choices") or [{}])[0].get("delta", {}).get("content") or "" for c in chunks if "choices" in c)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    return "".join(d.get("content") or "" for d in deltas)
 
 
 def _error_event(events: list[str]) -> dict:
