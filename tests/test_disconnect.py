@@ -59,3 +59,18 @@ async def test_it_stops_the_upstream_when_an_sdk_stream_is_closed_early(gateway,
             break
         await asyncio.sleep(0.05)
     assert fake_grok.stats("good-2").disconnected == 1
+
+
+def test_it_stops_the_upstream_when_the_client_leaves_before_the_first_byte(gateway, pool, fake_grok):
+    pool.add("good-1")
+    host, port = gateway.removeprefix("http://").split(":")
+    body = '{"model":"grok-chat-fast","stream":true,"messages":[{"role":"user","content":"[fake:slow-headers=8]"}]}'
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request.encode())
+        assert _wait(lambda: fake_grok.stats("good-1").in_flight == 1)
+    # The fake would answer after 8 s; the gateway must hang up on it as soon as we leave.
+    assert _wait(lambda: fake_grok.stats("good-1").in_flight == 0)
+    assert fake_grok.stats("good-1").completed == 0
+    assert pool.get("good-1").failure_count == 0

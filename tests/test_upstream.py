@@ -1,0 +1,141 @@
+"""The upstream client: one hierarchy for every failure, the browser's headers, real aborts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+
+import pytest
+from curl_cffi.requests import exceptions as curl_exceptions
+
+from gateway import upstream
+from gateway.upstream import (
+    ClientConfig,
+    GrokClient,
+    UpstreamAuthError,
+    UpstreamBanned,
+    UpstreamBlocked,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    classify_error_body,
+    classify_inband_error,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+CURL_ERRORS = [
+    cls for _, cls in inspect.getmembers(curl_exceptions, inspect.isclass)
+    if issubclass(cls, curl_exceptions.RequestException)
+]
+
+
+@pytest.mark.parametrize("error_class", CURL_ERRORS, ids=lambda c: c.__name__)
+def test_it_maps_every_curl_cffi_error_to_upstream_unavailable(error_class):
+    with pytest.raises(UpstreamUnavailable) as info, upstream._translate():
+        raise error_class("boom")
+    assert isinstance(info.value.__cause__, error_class)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (401, '{"code":16,"message":"unauthenticated"}', UpstreamAuthError),
+        (400, '{"message":"failed to look up session id"}', UpstreamAuthError),
+        (403, '{"code":7,"message":"User is blocked [WKE=unauthorized:blocked-user]"}', UpstreamBanned),
+        (403, "<html><title>Just a moment...</title>__cf_chl_opt</html>", UpstreamBlocked),
+        (403, '{"code":7,"message":"Request rejected by anti-bot rules."}', UpstreamBlocked),
+        (403, "", UpstreamBlocked),
+        (429, '{"code":8,"message":"Too many requests"}', UpstreamRateLimited),
+        (500, "oops", UpstreamUnavailable),
+        (503, "", UpstreamUnavailable),
+        (400, '{"message":"bad field"}', UpstreamProtocolError),
+    ],
+)
+def test_it_classifies_http_errors_by_status_and_body(status, body, expected):
+    assert type(classify_error_body(status, body)) is expected
+
+
+def test_it_keeps_retry_after_on_a_429():
+    assert classify_error_body(429, "", retry_after=30).retry_after == 30
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "expected"),
+    [
+        ("rate limited", 8, UpstreamRateLimited),
+        ("You've reached your usage limit. Please try again later.", None, UpstreamRateLimited),
+        ("Request rejected by anti-bot rules.", 7, UpstreamBlocked),
+        ("User is blocked", None, UpstreamBanned),
+        ("internal model error", 13, UpstreamUnavailable),
+    ],
+)
+def test_it_classifies_in_band_errors_like_the_status_they_stand_for(message, code, expected):
+    assert type(classify_inband_error(message, code)) is expected
+
+
+def test_it_generates_a_statsig_id_of_the_browser_shape_unless_configured():
+    decoded = base64.b64decode(upstream.statsig_id()).decode()
+    assert decoded.startswith("e:TypeError: Cannot read properties of ")
+    assert upstream.statsig_id("Zml4ZWQ=") == "Zml4ZWQ="
+
+
+def _client(fake_grok) -> GrokClient:
+    return GrokClient(ClientConfig(base_url=fake_grok.base_url, assets_url=fake_grok.base_url,
+                                   impersonate="chrome136", user_agent="UA/1"))
+
+
+async def test_it_sends_the_browser_headers_and_both_sso_cookies(fake_grok):
+    fake_grok.reset()
+    async with _client(fake_grok).chat("tok-h", {"modeId": "fast", "message": "hi"},
+                                       first_byte_timeout=5, total_timeout=10) as lines:
+        assert [line async for line in lines]
+    (sent,) = fake_grok.requests("tok-h")
+    assert sent.headers["user-agent"] == "UA/1"
+    assert sent.headers["origin"] == "https://grok.com"
+    assert sent.headers["x-statsig-id"] and sent.headers["x-xai-request-id"]
+    assert "sso=tok-h" in sent.headers["cookie"] and "sso-rw=tok-h" in sent.headers["cookie"]
+    await upstream.close_sessions()
+
+
+async def test_it_streams_lines_as_they_arrive(fake_grok):
+    fake_grok.reset()
+    loop = asyncio.get_running_loop()
+    arrivals = []
+    async with _client(fake_grok).chat("tok-p", {"modeId": "fast", "message": "[fake:pace=5:200]"},
+                                       first_byte_timeout=5, total_timeout=10) as lines:
+        async for _ in lines:
+            arrivals.append(loop.time())
+    # Paced lines 200 ms apart arrive spread out, not in one burst at the end.
+    assert arrivals[-1] - arrivals[0] > 0.5
+    await upstream.close_sessions()
+
+
+async def test_it_aborts_a_silent_transfer_at_once_on_first_byte_timeout(fake_grok):
+    fake_grok.reset()
+    with pytest.raises(UpstreamTimeout):
+        async with _client(fake_grok).chat("tok-s", {"modeId": "fast", "message": "[fake:slow-headers=5]"},
+                                           first_byte_timeout=0.3, total_timeout=10):
+            pass
+    for _ in range(40):
+        if fake_grok.stats("tok-s").disconnected or not fake_grok.stats("tok-s").in_flight:
+            break
+        await asyncio.sleep(0.05)
+    assert fake_grok.stats("tok-s").in_flight == 0
+    await upstream.close_sessions()
+
+
+async def test_it_stops_the_transfer_when_the_block_is_left_mid_stream(fake_grok):
+    fake_grok.reset()
+    async with _client(fake_grok).chat("tok-c", {"modeId": "fast", "message": "[fake:pace=200:20]"},
+                                       first_byte_timeout=5, total_timeout=30) as lines:
+        async for _ in lines:
+            break
+    for _ in range(40):
+        if fake_grok.stats("tok-c").disconnected:
+            break
+        await asyncio.sleep(0.05)
+    assert fake_grok.stats("tok-c").disconnected == 1
+    await upstream.close_sessions()
