@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "openai" / "openapi.json"
+# The spec lives in the team's shared folder beside the checkout (CI lays it there too);
+# OPENAI_SPEC points elsewhere.
+_CANDIDATES = [
+    Path(os.environ.get("OPENAI_SPEC", "")),
+    Path(__file__).resolve().parents[2] / "shared" / "openai" / "openapi.json",
+    Path("/work/shared/openai/openapi.json"),
+]
+SPEC_PATH = next((p for p in _CANDIDATES if p.name and p.is_file()), _CANDIDATES[1])
 
 
 def _nullable(node: object) -> object:
