@@ -37,7 +37,7 @@ from gateway.upstream import (
 )
 from pools import selection
 from pools.selection import Lease, Outcome
-from pools.settings import RuntimeSettings, aget_runtime
+from pools.settings import Runtime, aget_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class _Timed:
 class ChatSession:
     """One upstream answer on one leased account. Open with `start()`, read `pieces()`, always `close()`."""
 
-    def __init__(self, lease: Lease, dialect: Dialect, ask: ChatAsk, runtime: RuntimeSettings) -> None:
+    def __init__(self, lease: Lease, dialect: Dialect, ask: ChatAsk, runtime: Runtime) -> None:
         self.lease = lease
         self.ask = ask
         self.runtime = runtime
@@ -231,15 +231,15 @@ def to_openai(exc: UpstreamError, model: ModelSpec | None, attempts: int = 1) ->
     return UpstreamFailed(f"Grok answered something this gateway cannot read: {exc}", code="upstream_protocol_error")
 
 
-def client_config(runtime: RuntimeSettings) -> ClientConfig:
+def client_config(runtime: Runtime) -> ClientConfig:
     return ClientConfig(
         base_url=settings.GROK_BASE_URL,
         assets_url=settings.GROK_ASSETS_URL,
         impersonate=runtime.impersonate,
         user_agent=runtime.user_agent,
-        statsig_id=runtime.statsig_id,
+        statsig_id=runtime.statsig_constant,
         cf_clearance=runtime.cf_clearance,
-        proxy_url=runtime.proxy_url,
+        proxy_url=runtime.proxy_url if runtime.proxy_mode == "static" else "",
         max_clients=runtime.max_upstream_streams,
     )
 

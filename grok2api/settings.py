@@ -131,8 +131,8 @@ API_KEYS = [k for k in env.list("API_KEY", default=[]) if k]
 GROK_BASE_URL = env.str("GROK_BASE_URL", default="https://grok.com").rstrip("/")
 GROK_ASSETS_URL = env.str("GROK_ASSETS_URL", default="https://assets.grok.com").rstrip("/")
 
-# Runtime defaults. Read them only through `pools.settings.get_runtime()`;
-# the pools issue moves them into an admin-edited row that starts from these.
+# First values of the admin-edited runtime settings row (`pools.models.RuntimeSettings`).
+# Read runtime values only through `pools.settings.get_runtime()` / `aget_runtime()`.
 RUNTIME_DEFAULTS = {
     "thinking_format": env.str("THINKING_FORMAT", default="reasoning_content"),
     "show_thinking": env.bool("SHOW_THINKING", default=True),
@@ -142,6 +142,7 @@ RUNTIME_DEFAULTS = {
     "total_timeout": env.float("TOTAL_TIMEOUT", default=600.0),
     "heartbeat_interval": env.float("HEARTBEAT_INTERVAL", default=15.0),
     "max_attempts": env.int("MAX_ATTEMPTS", default=3),
+    "account_max_concurrent": env.int("ACCOUNT_MAX_CONCURRENT", default=4),
     "impersonate": env.str("IMPERSONATE", default="chrome136"),
     "user_agent": env.str(
         "USER_AGENT",

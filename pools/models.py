@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -83,6 +83,16 @@ class Account(models.Model):
     use_count = models.PositiveIntegerField(default=0)
     note = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+    priority = models.IntegerField(
+        default=0, help_text="Higher is leased first; ties go to the fewest in flight, then most quota, then LRU."
+    )
+    max_concurrent = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests in flight at once; empty: the runtime default."
+    )
+    proxy = models.ForeignKey(
+        "Proxy", null=True, blank=True, on_delete=models.SET_NULL, related_name="accounts",
+        help_text="Sticky proxy binding: a cf_clearance belongs to the IP that solved it.",
+    )
 
     objects = AccountQuerySet.as_manager()
 
@@ -139,3 +149,190 @@ class Account(models.Model):
 
     def reset_failures(self) -> None:
         self._update(failure_count=0, last_error="")
+
+
+class Quota(models.Model):
+    """What Grok's `/rest/rate-limits` said for one account and mode, debited locally between syncs.
+
+    A 429 for a mode cools that mode only (`cooldown_until`); the account's other
+    modes stay in service.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="quotas")
+    mode = models.CharField(max_length=32)  # fast | auto | expert | heavy | …
+    remaining = models.IntegerField(null=True, blank=True, help_text="Empty: unknown (never synced).")
+    total = models.IntegerField(null=True, blank=True)
+    window_seconds = models.PositiveIntegerField(null=True, blank=True)
+    resets_at = models.DateTimeField(null=True, blank=True)
+    cooldown_until = models.DateTimeField(null=True, blank=True, db_index=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "mode"], name="quota_account_mode")]
+        ordering = ["account_id", "mode"]
+
+    def __str__(self) -> str:
+        return f"{self.mode}: {self.remaining if self.remaining is not None else '?'}/{self.total or '?'}"
+
+
+class LeaseRecord(models.Model):
+    """One request in flight on an account (PostgreSQL backend). Expires if its worker dies."""
+
+    key = models.CharField(max_length=40, unique=True)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="lease_records")
+    expires_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class ProxyHealth(models.TextChoices):
+    OK = "ok", "Healthy"
+    FAILED = "failed", "Failed"
+    UNKNOWN = "unknown", "Not tested"
+
+
+class ProxySource(models.TextChoices):
+    MANUAL = "manual", "Added by an operator"
+    POOL_URL = "pool_url", "Fetched from the proxy-pool URL"
+    ENV = "env", "PROXY_URL"
+
+
+def mask_proxy_url(url: str) -> str:
+    """`socks5h://user:****@host:1080`: the password never shows."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, hostpart = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{hostpart}"
+
+
+class Proxy(models.Model):
+    url = models.CharField(max_length=500, unique=True, help_text="http://, https://, socks5:// or socks5h://")
+    enabled = models.BooleanField(default=True)
+    source = models.CharField(max_length=10, choices=ProxySource.choices, default=ProxySource.MANUAL)
+    health = models.CharField(max_length=8, choices=ProxyHealth.choices, default=ProxyHealth.UNKNOWN)
+    failure_count = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_ok_at = models.DateTimeField(null=True, blank=True)
+    cf_clearance = models.TextField(blank=True, default="", help_text="Solved from this proxy's IP. Shown masked.")
+    user_agent = models.CharField(max_length=400, blank=True, default="", help_text="The one that solved it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "proxies"
+
+    def __str__(self) -> str:
+        return self.masked_url
+
+    @property
+    def masked_url(self) -> str:
+        return mask_proxy_url(self.url)
+
+
+class RuntimeSettings(models.Model):
+    """The one row of settings operators change at run time (read through `pools.settings`).
+
+    Environment variables give the first values; after that this row is what is in
+    force. Saving bumps `version`, and every worker reloads within a second.
+    """
+
+    THINKING_FORMATS = [("reasoning_content", "reasoning_content field"), ("think", "<think>…</think> in content")]
+    PROXY_MODES = [
+        ("none", "No proxy"), ("static", "One static proxy (PROXY_URL)"),
+        ("list", "The proxies listed in the admin"), ("pool_url", "Fetched from a proxy-pool URL"),
+    ]
+    STATSIG_MODES = [("generated", "Generated per request"), ("static", "The static value below")]
+    DIALECTS = [("rest", "REST app-chat (NDJSON)")]
+
+    thinking_format = models.CharField(max_length=20, choices=THINKING_FORMATS, default="reasoning_content")
+    show_thinking = models.BooleanField(default=True)
+    show_search_results = models.BooleanField(default=True)
+    first_byte_timeout = models.FloatField(default=30.0, help_text="Seconds until Grok's first frame.")
+    idle_timeout = models.FloatField(default=60.0, help_text="Seconds allowed between two frames.")
+    total_timeout = models.FloatField(default=600.0, help_text="Seconds for a whole answer.")
+    heartbeat_interval = models.FloatField(default=15.0, help_text="Seconds of silence before a keep-alive.")
+    max_attempts = models.PositiveIntegerField(default=3, help_text="Accounts tried per request.")
+    retry_status_codes = models.CharField(
+        max_length=100, default="500,502,503,504", help_text="Upstream statuses retried on another account."
+    )
+    account_max_concurrent = models.PositiveIntegerField(default=4, help_text="Default in-flight limit per account.")
+    queue_timeout = models.FloatField(default=30.0, help_text="Seconds a request waits for a free account slot.")
+    auth_failure_threshold = models.PositiveIntegerField(
+        default=1, help_text="401s in a row before an account is marked expired."
+    )
+    cooldown_seconds = models.FloatField(default=300.0, help_text="Cooldown after a 429 that names no window.")
+    quota_refresh_interval = models.PositiveIntegerField(default=1800, help_text="Seconds between quota syncs.")
+    recovery_probe_interval = models.PositiveIntegerField(default=60, help_text="Seconds between recovery probes.")
+    probe_expired_accounts = models.BooleanField(default=False, help_text="Also probe expired accounts.")
+    proxy_mode = models.CharField(max_length=10, choices=PROXY_MODES, default="none")
+    proxy_url = models.CharField(max_length=500, blank=True, default="", help_text="Static proxy.")
+    proxy_pool_url = models.CharField(max_length=500, blank=True, default="", help_text="Returns one proxy URL.")
+    proxy_pool_interval = models.PositiveIntegerField(default=300, help_text="Seconds between pool fetches.")
+    proxy_health_interval = models.PositiveIntegerField(default=300, help_text="Seconds between proxy checks.")
+    asset_proxy_url = models.CharField(max_length=500, blank=True, default="", help_text="Proxy for asset downloads.")
+    cf_clearance = models.TextField(blank=True, default="", help_text="Used when no proxy carries its own.")
+    upstream_dialect = models.CharField(max_length=10, choices=DIALECTS, default="rest")
+    impersonate = models.CharField(max_length=40, default="chrome136")
+    user_agent = models.CharField(max_length=400, blank=True, default="")
+    statsig_mode = models.CharField(max_length=10, choices=STATSIG_MODES, default="generated")
+    statsig_id = models.TextField(blank=True, default="")
+    max_upstream_streams = models.PositiveIntegerField(default=1000, help_text="Upstream transfers per worker.")
+    version = models.PositiveIntegerField(default=1, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "runtime settings"
+        verbose_name_plural = "runtime settings"
+
+    def __str__(self) -> str:
+        return f"Runtime settings (version {self.version})"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        from pools.settings import publish
+
+        if not self._state.adding:
+            self.version = (self.version or 0) + 1
+        super().save(*args, **kwargs)
+        version = self.version
+        transaction.on_commit(lambda: publish(version))
+
+
+class JobRun(models.Model):
+    """The last run of one periodic job, cluster-wide (the job takes a lock before it runs)."""
+
+    name = models.CharField(max_length=60, unique=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, blank=True, default="")  # ok | failed
+    message = models.TextField(blank=True, default="")
+    runs = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BulkTask(models.Model):
+    """An admin bulk action running in the background, with progress the admin can show."""
+
+    kind = models.CharField(max_length=40)  # refresh_quota | test | enable | disable | reset_failures | delete
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, default="queued")  # queued | running | done | failed
+    message = models.TextField(blank=True, default="")
+    account_ids = models.JSONField(default=list)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.done}/{self.total} ({self.status})"

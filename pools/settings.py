@@ -1,28 +1,35 @@
-"""Runtime settings: the one accessor, with sync and async twins.
+"""Runtime settings: one row (`pools.models.RuntimeSettings`), one cached accessor with sync and async twins.
 
-For now the values come from `settings.RUNTIME_DEFAULTS`, validated once and
-cached; a test that changes that setting with `override_settings` drops the cache.
-The runtime-settings issue moves them into an admin-edited row that starts from
-these defaults; callers keep using `get_runtime()` / `aget_runtime()` unchanged.
+Environment variables (`settings.RUNTIME_DEFAULTS`) give the row its first values.
+A save bumps the row's version and publishes it (Redis when set); each worker
+checks the published version at most every `CHECK_EVERY` seconds and reloads the
+row when it changed, so a change reaches every worker within a second, without a
+restart and without a database query per request.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
-from django.dispatch import receiver
+from django.db import transaction
 
+from pools import shared
+
+CHECK_EVERY = 0.5  # seconds between version checks in one worker
+VERSION_KEY = "grok2api:runtime-version"
 THINKING_FORMATS = ("reasoning_content", "think")
 
 
 @dataclass(frozen=True)
-class RuntimeSettings:
-    thinking_format: str  # "reasoning_content" (a separate delta field) or "think" (<think>…</think>)
+class Runtime:
+    """The values in force. Field names are the model's."""
+
+    thinking_format: str
     show_thinking: bool
     show_search_results: bool
     first_byte_timeout: float
@@ -30,62 +37,153 @@ class RuntimeSettings:
     total_timeout: float
     heartbeat_interval: float
     max_attempts: int
+    retry_status_codes: frozenset[int]
+    account_max_concurrent: int
+    queue_timeout: float
+    auth_failure_threshold: int
+    cooldown_seconds: float
+    quota_refresh_interval: int
+    recovery_probe_interval: int
+    probe_expired_accounts: bool
+    proxy_mode: str
+    proxy_url: str = dataclasses.field(repr=False)
+    proxy_pool_url: str = dataclasses.field(repr=False)
+    proxy_pool_interval: int
+    proxy_health_interval: int
+    asset_proxy_url: str = dataclasses.field(repr=False)
+    cf_clearance: str = dataclasses.field(repr=False)
+    upstream_dialect: str
     impersonate: str
     user_agent: str
+    statsig_mode: str
     statsig_id: str
-    # Secrets (a proxy URL may carry a password) stay out of reprs and logs.
-    cf_clearance: str = field(repr=False)
-    proxy_url: str = field(repr=False)
     max_upstream_streams: int
-    cooldown_seconds: float = 300.0  # how long a 429 cools an account when Grok names no window
+    version: int = 0
+
+    @property
+    def statsig_constant(self) -> str:
+        return self.statsig_id if self.statsig_mode == "static" else ""
 
 
-_cached: RuntimeSettings | None = None
+def env_defaults() -> dict[str, Any]:
+    """The first values of the row, from the environment (`RUNTIME_DEFAULTS`)."""
+    from pools.models import RuntimeSettings
+
+    values = dict(getattr(django_settings, "RUNTIME_DEFAULTS", {}))
+    names = {f.name for f in RuntimeSettings._meta.concrete_fields} - {"id", "version", "updated_at"}
+    unknown = set(values) - names
+    if unknown:
+        raise ImproperlyConfigured(f"RUNTIME_DEFAULTS has unknown keys: {', '.join(sorted(unknown))}")
+    values.setdefault("proxy_mode", "static" if values.get("proxy_url") else "none")
+    values.setdefault("statsig_mode", "static" if values.get("statsig_id") else "generated")
+    if values.get("thinking_format", "reasoning_content") not in THINKING_FORMATS:
+        raise ImproperlyConfigured(f"THINKING_FORMAT must be one of {', '.join(THINKING_FORMATS)}")
+    return values
 
 
-def get_runtime() -> RuntimeSettings:
-    global _cached
-    if _cached is None:
-        _cached = build_runtime(getattr(django_settings, "RUNTIME_DEFAULTS", {}))
-    return _cached
+def from_row(row: Any) -> Runtime:
+    values = {}
+    for spec in dataclasses.fields(Runtime):
+        value = getattr(row, spec.name)
+        if spec.name == "retry_status_codes":
+            value = frozenset(int(code) for code in str(value).replace(" ", "").split(",") if code.isdigit())
+        values[spec.name] = value
+    if not values["user_agent"]:
+        values["user_agent"] = django_settings.RUNTIME_DEFAULTS.get("user_agent", "")
+    return Runtime(**values)
 
 
-async def aget_runtime() -> RuntimeSettings:
-    # No I/O yet; the async twin exists so callers need not change when the
-    # values come from a database row.
+@dataclass
+class _Cache:
+    runtime: Runtime | None = None
+    checked_at: float = 0.0
+    local_version: int = 0  # published version when there is no Redis (one process)
+
+
+_cache = _Cache()
+
+
+def _published_version_sync() -> int | None:
+    client = shared.sync_redis()
+    if client is None:
+        return _cache.local_version or None
+    raw = client.get(VERSION_KEY)
+    return int(raw) if raw else None
+
+
+async def _published_version() -> int | None:
+    client = shared.async_redis()
+    if client is None:
+        return _cache.local_version or None
+    raw = await client.get(VERSION_KEY)
+    return int(raw) if raw else None
+
+
+def _fresh(published: int | None) -> bool:
+    runtime = _cache.runtime
+    return runtime is not None and (published is None or published == runtime.version)
+
+
+def get_runtime() -> Runtime:
+    """The runtime settings in force (sync twin: commands, admin, tests)."""
+    now = time.monotonic()
+    if _cache.runtime is not None and now - _cache.checked_at < CHECK_EVERY:
+        return _cache.runtime
+    if not _fresh(_published_version_sync()):
+        _cache.runtime = from_row(load_row())
+    _cache.checked_at = now
+    return _cache.runtime
+
+
+async def aget_runtime() -> Runtime:
+    """The runtime settings in force; at most one shared-cache read per `CHECK_EVERY`, no per-request query."""
+    now = time.monotonic()
+    if _cache.runtime is not None and now - _cache.checked_at < CHECK_EVERY:
+        return _cache.runtime
+    if not _fresh(await _published_version()):
+        from asgiref.sync import sync_to_async
+
+        _cache.runtime = from_row(await sync_to_async(load_row, thread_sensitive=True)())
+    _cache.checked_at = now
+    return _cache.runtime
+
+
+def load_row() -> Any:
+    from pools.models import RuntimeSettings
+
+    row = RuntimeSettings.objects.filter(pk=1).first()
+    if row is None:
+        row, _ = RuntimeSettings.objects.get_or_create(pk=1, defaults=env_defaults())
+    return row
+
+
+def publish(version: int) -> None:
+    """Tell every worker that version `version` is in force (called after a save commits)."""
+    client = shared.sync_redis()
+    if client is not None:
+        client.set(VERSION_KEY, version)
+    _cache.local_version = version
+    _cache.checked_at = 0.0
+
+
+def update_runtime(**values: Any) -> Runtime:
+    """Change runtime settings from code (commands, tests); the admin saves the row itself."""
+    with transaction.atomic():
+        row = load_row()
+        for name, value in values.items():
+            if not hasattr(row, name) or name in ("id", "version"):
+                raise ImproperlyConfigured(f"unknown runtime setting {name!r}")
+            setattr(row, name, value)
+        row.full_clean()
+        row.save()
     return get_runtime()
 
 
-@receiver(setting_changed)
-def _drop_cache(*, setting: str, **kwargs: Any) -> None:
-    global _cached
-    if setting == "RUNTIME_DEFAULTS":
-        _cached = None
-
-
-def build_runtime(values: dict[str, Any]) -> RuntimeSettings:
-    """Validate a dict of runtime values; unknown keys are ignored, bad types are refused."""
-    kwargs: dict[str, Any] = {}
-    for spec in dataclasses.fields(RuntimeSettings):
-        if spec.name not in values:
-            if spec.default is dataclasses.MISSING:
-                raise ImproperlyConfigured(f"RUNTIME_DEFAULTS lacks {spec.name!r}")
-            continue
-        kwargs[spec.name] = _coerce(spec.name, spec.type, values[spec.name])
-    runtime = RuntimeSettings(**kwargs)
-    if runtime.thinking_format not in THINKING_FORMATS:
-        raise ImproperlyConfigured(
-            f"thinking_format must be one of {', '.join(THINKING_FORMATS)}, not {runtime.thinking_format!r}"
-        )
-    if runtime.max_attempts < 1:
-        raise ImproperlyConfigured("max_attempts must be at least 1")
-    return runtime
-
-
-def _coerce(name: str, type_name: object, value: Any) -> Any:
-    # Field types are strings here (`from __future__ import annotations`).
-    # bool is a subclass of int, so a bool is accepted only where a bool is wanted.
-    accepted = {"bool": (bool,), "float": (int, float), "int": (int,), "str": (str,)}[str(type_name)]
-    if isinstance(value, accepted) and (type_name == "bool") == isinstance(value, bool):
-        return float(value) if type_name == "float" else value
-    raise ImproperlyConfigured(f"runtime setting {name} must be {type_name}, not {value!r}")
+def forget_runtime() -> None:
+    """Drop this process's copy (tests flush the database under it)."""
+    _cache.runtime = None
+    _cache.checked_at = 0.0
+    _cache.local_version = 0
+    client = shared.sync_redis()
+    if client is not None:
+        client.delete(VERSION_KEY)

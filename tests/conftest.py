@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from collections.abc import Iterator
 import openai
 import pytest
 from django.conf import settings
-from django.test import override_settings
 
 from gateway.fakegrok import FakeGrok
 
@@ -100,17 +98,17 @@ def pool(transactional_db) -> Pool:
 
 
 @pytest.fixture
-def runtime():
-    """Change runtime settings for one test: `runtime(first_byte_timeout=0.5)`."""
-    overrides = []
+def runtime(transactional_db):
+    """Change runtime settings for one test: `runtime(first_byte_timeout=0.5)` (saved like the admin does)."""
+    from pools.settings import update_runtime
 
-    def apply(**values: object) -> None:
-        merged = copy.deepcopy(settings.RUNTIME_DEFAULTS)
-        merged.update(values)
-        override = override_settings(RUNTIME_DEFAULTS=merged)
-        override.enable()
-        overrides.append(override)
+    return update_runtime
 
-    yield apply
-    for override in reversed(overrides):
-        override.disable()
+
+@pytest.fixture(autouse=True)
+def _forget_runtime():
+    """Each test starts from the environment's runtime defaults (the database is flushed under the cache)."""
+    yield
+    from pools.settings import forget_runtime
+
+    forget_runtime()

@@ -8,9 +8,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import ThreadSensitiveContext
-from django.conf import settings
-from django.test import override_settings
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.utils import timezone
 
 from gateway.models import get_model
@@ -24,6 +22,7 @@ from pools.selection import (
     available_tiers,
     lease,
 )
+from pools.settings import update_runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -228,8 +227,8 @@ async def test_it_cools_a_rate_limited_account_for_the_window_given() -> None:
 async def test_it_cools_for_the_runtime_default_without_a_window() -> None:
     (a,) = await make()
     held = await lease(FAST)
-    with override_settings(RUNTIME_DEFAULTS={**settings.RUNTIME_DEFAULTS, "cooldown_seconds": 42}):
-        await held.release(Outcome.RATE_LIMITED)
+    await sync_to_async(update_runtime)(cooldown_seconds=42)
+    await held.release(Outcome.RATE_LIMITED)
     a = await fresh(a)
     remaining = (a.cooldown_until - timezone.now()).total_seconds()
     assert 35 < remaining <= 42

@@ -57,9 +57,10 @@ async def chat(state: State, token: str, body: dict[str, Any], conversation_id: 
     for path in turn.media:
         asset_id, name = path.split("/")[-2:]
         state.add_asset(Asset(asset_id, path, token, content_type_for(path), payload_for(path), name))
+    epoch: list[int] = []  # the state's epoch when the stream opened (see FakeState.reset)
     return StreamResponse(
         steps=scenarios.steps(scenarios.frames(plan, turn, body), markers),
         delay_headers=slow,
-        on_open=lambda: state.stream_opened(token),
-        on_close=lambda outcome: state.stream_closed(token, outcome),
+        on_open=lambda: epoch.append(state.stream_opened(token)),
+        on_close=lambda outcome: state.stream_closed(token, outcome, epoch[0]),
     )

@@ -66,6 +66,7 @@ class Asset:
 class State:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._epoch = 0
         self._records: deque[RecordedRequest] = deque(maxlen=MAX_RECORDS)
         self._request_counts: Counter[str] = Counter()
         self._stats: dict[str, TokenStats] = {}
@@ -76,6 +77,7 @@ class State:
     def reset(self) -> None:
         """Forget records, stats and quotas. Assets and conversations stay downloadable."""
         with self._lock:
+            self._epoch += 1
             self._records.clear()
             self._request_counts.clear()
             self._stats.clear()
@@ -97,15 +99,19 @@ class State:
             return [dataclasses.replace(r, headers=dict(r.headers)) for r in found]
 
     # -- streams --------------------------------------------------------------------
-    def stream_opened(self, token: str) -> None:
+    def stream_opened(self, token: str) -> int:
+        """Count a new stream; returns the epoch to hand back to `stream_closed`."""
         with self._lock:
             stats = self._stats.setdefault(token, TokenStats())
             stats.started += 1
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            return self._epoch
 
-    def stream_closed(self, token: str, outcome: str) -> None:
+    def stream_closed(self, token: str, outcome: str, epoch: int) -> None:
         with self._lock:
+            if epoch != self._epoch:
+                return  # opened before a reset(): its counts were forgotten with it
             stats = self._stats.setdefault(token, TokenStats())
             stats.in_flight -= 1
             setattr(stats, outcome, getattr(stats, outcome) + 1)
