@@ -83,8 +83,9 @@ TEMPLATES = [
     },
 ]
 
+# An empty DATABASE_URL (as in .env.example) means the embedded default.
 DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'grok2api.sqlite3'}"),
+    "default": env.db_url_config(env.str("DATABASE_URL", default="") or f"sqlite:///{DATA_DIR / 'grok2api.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent async requests write from several threads; wait instead of failing.
@@ -127,6 +128,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=20 * 1024 * 1
 # --- gateway -----------------------------------------------------------------
 HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
 API_KEYS = [k for k in env.list("API_KEY", default=[]) if k]
 GROK_BASE_URL = env.str("GROK_BASE_URL", default="https://grok.com").rstrip("/")
 GROK_ASSETS_URL = env.str("GROK_ASSETS_URL", default="https://assets.grok.com").rstrip("/")

@@ -1,0 +1,26 @@
+"""System checks for settings that only make sense together (run at start and by `manage.py check`)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+
+@register("grok2api")
+def check_scale_out(app_configs: object, **kwargs: object) -> list[Error]:
+    errors = []
+    if settings.WEB_CONCURRENCY > 1:
+        if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+            errors.append(Error(
+                f"WEB_CONCURRENCY={settings.WEB_CONCURRENCY} needs a shared database: SQLite serves one process.",
+                hint="Set DATABASE_URL=postgres://… and REDIS_URL=redis://…, or WEB_CONCURRENCY=1.",
+                id="grok2api.E001",
+            ))
+        if not settings.REDIS_URL:
+            errors.append(Error(
+                f"WEB_CONCURRENCY={settings.WEB_CONCURRENCY} needs REDIS_URL: leases, settings versions and job "
+                "locks must be shared between workers.",
+                hint="Set REDIS_URL=redis://…, or WEB_CONCURRENCY=1.",
+                id="grok2api.E002",
+            ))
+    return errors

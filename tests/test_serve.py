@@ -1,0 +1,74 @@
+"""`manage.py serve` (what `make run` runs): one process by default, WEB_CONCURRENCY workers on a shared socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.multiworker import ROOT, Cluster, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_it_refuses_several_workers_on_sqlite(tmp_path):
+    env = {**os.environ, "WEB_CONCURRENCY": "2", "DATA_DIR": str(tmp_path), "DATABASE_URL": "", "REDIS_URL": ""}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run([sys.executable, "manage.py", "serve", "--port", str(free_port())], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "grok2api.E001" in result.stderr and "DATABASE_URL" in result.stderr
+    assert "grok2api.E002" in result.stderr and "REDIS_URL" in result.stderr
+
+
+def _daphne_children(proc: subprocess.Popen) -> list[int]:
+    """PIDs of the daphne workers the supervisor runs (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_text()
+        except OSError:
+            continue
+        if int(stat[1]) == proc.pid and stat[0] != "Z" and "daphne" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def test_it_runs_and_supervises_several_workers_on_one_port(fake_grok):
+    with Cluster(workers=0, fake_url=fake_grok.base_url) as cluster:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT,
+                                env={**cluster.env, "WEB_CONCURRENCY": "2"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while len(_daphne_children(proc)) < 2 or not _healthy(port):
+                assert time.monotonic() < deadline, "workers did not come up"
+                time.sleep(0.2)
+            first = _daphne_children(proc)
+            os.kill(first[0], signal.SIGKILL)
+            while first[0] in _daphne_children(proc) or len(_daphne_children(proc)) < 2:
+                assert time.monotonic() < deadline + 30, "the dead worker was not replaced"
+                time.sleep(0.2)
+            assert _healthy(port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        assert not any(Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_text()
+                       for pid in first)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
