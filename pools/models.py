@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -288,6 +289,29 @@ class RuntimeSettings(models.Model):
 
     def __str__(self) -> str:
         return f"Runtime settings (version {self.version})"
+
+    def clean(self) -> None:
+        errors = {}
+        for name in ("first_byte_timeout", "idle_timeout", "total_timeout", "queue_timeout"):
+            if getattr(self, name) <= 0:
+                errors[name] = "Must be more than 0 seconds."
+        if self.heartbeat_interval < 0:
+            errors["heartbeat_interval"] = "Must be 0 (off) or more."
+        if self.max_attempts < 1:
+            errors["max_attempts"] = "At least 1."
+        if self.account_max_concurrent < 1:
+            errors["account_max_concurrent"] = "At least 1."
+        codes = [c.strip() for c in self.retry_status_codes.split(",") if c.strip()]
+        if any(not c.isdigit() or not 400 <= int(c) <= 599 for c in codes):
+            errors["retry_status_codes"] = "A comma-separated list of HTTP statuses (400-599), e.g. 500,502,503."
+        if self.proxy_mode == "static" and not self.proxy_url:
+            errors["proxy_url"] = "The static proxy mode needs a proxy URL."
+        if self.proxy_mode == "pool_url" and not self.proxy_pool_url:
+            errors["proxy_pool_url"] = "The pool URL mode needs a pool URL."
+        if self.statsig_mode == "static" and not self.statsig_id:
+            errors["statsig_id"] = "The static statsig mode needs a value."
+        if errors:
+            raise ValidationError(errors)
 
     def save(self, *args: object, **kwargs: object) -> None:
         from pools.settings import publish
