@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TIER_ORDER = {"basic": 0, "super": 1, "heavy": 2}
+from pools.models import TIER_ORDER
 
 # Unix time we report as `created` for every model: the day this catalogue shape landed.
 CATALOGUE_CREATED = 1764028800  # 2025-11-25
