@@ -1,49 +1,71 @@
-"""Leasing: pick the account that serves the next request, and settle it afterwards.
+"""Leasing: pick the account that serves the next request, hold it while the answer streams, settle it.
 
     PoolError                  base; nothing could be leased
     ├── NoEligibleAccount      no active account of a sufficient tier (or all of them
     │                          already failed on this request): 503
-    └── AllAccountsCooling     every usable account is cooling down after a 429;
-                               `retry_after` says when the first one is back: 429
+    ├── AllAccountsCooling     every account that could serve is cooling down for the
+    │                          model's mode; `retry_after` = when the first is back: 429
+    └── PoolBusy               every account that could serve stayed at its in-flight
+                               limit for the runtime `queue_timeout`: 429 + `retry_after`
 
-`lease(model)` picks, among active accounts of a sufficient tier, the lowest
-tier first (super quota is scarcer than basic), then the least recently used,
-then the oldest id, and marks it used in the same transaction. The pick is a
-conditional UPDATE (`Account.claim`), so it stays correct when several threads
-or processes lease at once; on SQLite the IMMEDIATE transaction serialises it.
-Every call reads the database, so accounts imported while the server runs are
-used at once.
+`lease(model)` takes a slot on an eligible account (active, tier >= the model's,
+quota left for its mode, no cooldown running for that mode, under its in-flight
+limit: `Account.max_concurrent` or the runtime `account_max_concurrent`). Order:
+`priority` (highest first), the lowest sufficient tier (super quota is scarcer
+than basic), fewest in flight, most quota left, least recently used, oldest id.
+When every eligible account is full the request waits in line (first come, first
+served, `pools.leasing.queue`) up to `queue_timeout`, then raises PoolBusy.
 
-`Lease.release(outcome)` records what happened; it is idempotent, and a lease
-is also an async context manager that releases itself on the way out.
+Slots are held by the backend `pools.leasing` chooses (local, PostgreSQL or
+Redis), each with a TTL a background task renews every TTL/3, so a long stream
+keeps its slot and a worker killed mid-stream loses its slots after the TTL.
+
+`Lease.release(outcome)` records what happened (`pools.leasing.outcomes`) and
+frees the slot; it is idempotent, survives cancellation, and a lease is also an
+async context manager that releases itself on the way out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import contextlib
 import logging
 import math
 import weakref
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
-from datetime import datetime
 from types import TracebackType
 from typing import Protocol
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
-from django.db.models import Case, F, IntegerField, Min, Value, When
 from django.utils import timezone
 
-from pools.models import TIER_ORDER, Account, Status, mask_token, tiers_at_least
-from pools.settings import get_runtime
+from pools import leasing
+from pools.leasing.base import (
+    AllAccountsCooling,
+    Grant,
+    LeaseBackend,
+    LeaseRequest,
+    NoEligibleAccount,
+    Outcome,
+    PoolBusy,
+    PoolError,
+    Refusal,
+)
+from pools.leasing.outcomes import CHANGES_ELIGIBILITY, Settlement, explain, settle
+from pools.leasing.queue import wait_for_slot
+from pools.models import TIER_ORDER, Account, mask_token, tiers_at_least
+from pools.settings import aget_runtime
+
+__all__ = [
+    "AllAccountsCooling", "Lease", "NoEligibleAccount", "Outcome", "PoolBusy", "PoolError", "available_tiers",
+    "lease",
+]
 
 log = logging.getLogger(__name__)
 
-# A lost race means another worker took the row we read; read again a few times
-# before giving up on this call (each retry sees the newer `last_used_at`).
-CLAIM_ATTEMPTS = 10
+BUSY_RETRY_AFTER = 5  # seconds we suggest after a queue timeout: streams end at unknown times
+STALE_READS = 3  # "nothing eligible" that turned out stale: look again this many times
 
 
 class ModelLike(Protocol):
@@ -55,30 +77,16 @@ class ModelLike(Protocol):
     @property
     def tier(self) -> str: ...
 
+    @property
+    def mode(self) -> str: ...
 
-class PoolError(Exception):
-    """No account could be leased for a request."""
-
-
-class NoEligibleAccount(PoolError):
-    """No active account of a sufficient tier, or every one of them already failed this request."""
+    @property
+    def cost(self) -> int: ...
 
 
-class AllAccountsCooling(PoolError):
-    """Accounts that could serve exist, but each is cooling down (or already failed this request)."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Outcome(enum.Enum):
-    SUCCESS = "success"  # the request completed: forget earlier failures
-    FAILURE = "failure"  # an error that may not be the account's fault: count it
-    RATE_LIMITED = "rate_limited"  # 429: cool the account down
-    EXPIRED = "expired"  # 401: the token is no longer valid, out of rotation at once
-    BANNED = "banned"  # Grok refuses the account for good: disable it
-    CANCELLED = "cancelled"  # the client left: nothing to record about the account
+# Renewal tasks of leases still held, so tests can stop the ones a test left behind.
+_renewers: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
+_settling: set[asyncio.Task] = set()  # releases under way, referenced until they finish
 
 
 @dataclass(eq=False)
@@ -86,6 +94,11 @@ class Lease:
     account_id: int
     token: str = field(repr=False)
     tier: str
+    mode: str = ""
+    cost: int = 0
+    _backend: LeaseBackend | None = field(default=None, repr=False)
+    _grant: Grant | None = field(default=None, repr=False)
+    _renewer: asyncio.Task | None = field(default=None, init=False, repr=False)
     _released: bool = field(default=False, init=False, repr=False)
 
     def __repr__(self) -> str:
@@ -99,16 +112,60 @@ class Lease:
     def released(self) -> bool:
         return self._released
 
+    def _hold(self) -> None:
+        self._renewer = asyncio.get_running_loop().create_task(self._renew(), name=f"lease-renew-{self.account_id}")
+        _renewers.add(self._renewer)
+
+    async def _renew(self) -> None:
+        """Push the expiry ahead every TTL/3 while the answer streams."""
+        assert self._backend is not None and self._grant is not None
+        while True:
+            await asyncio.sleep(self._backend.ttl / 3)
+            try:
+                if not await self._backend.renew(self._grant):
+                    log.warning("lease on %s expired before its renewal; its slot may be reused", self.masked_token)
+                    return
+            except Exception:  # Redis or the database blinked: the next renewal may get through
+                log.warning("could not renew the lease on %s", self.masked_token, exc_info=True)
+
     async def release(self, outcome: Outcome, *, reason: str = "", retry_after: float | None = None) -> None:
-        """Record the outcome on the account. A second call is a no-op."""
+        """Record the outcome and free the slot. A second call is a no-op."""
         if self._released:
             return
         # Set before the first await so a concurrent second call cannot record twice.
         self._released = True
-        if outcome is Outcome.CANCELLED:
-            return
-        async with _lock():
-            await sync_to_async(_settle, thread_sensitive=True)(self.account_id, outcome, reason, retry_after)
+        if self._renewer is not None:
+            self._renewer.cancel()
+        # Shielded, and held here until done: a client that leaves mid-release must not leave the slot taken.
+        settling = asyncio.ensure_future(self._settle(outcome, reason, retry_after))
+        _settling.add(settling)
+        settling.add_done_callback(_settling.discard)
+        await asyncio.shield(settling)
+
+    async def _settle(self, outcome: Outcome, reason: str, retry_after: float | None) -> None:
+        backend = self._backend or leasing.backend()
+        try:
+            if outcome is not Outcome.CANCELLED or backend.records_use_on_release:
+                runtime = await aget_runtime()
+                await sync_to_async(settle, thread_sensitive=True)(backend.using, Settlement(
+                    self.account_id, self.mode, self.cost, outcome, reason, retry_after,
+                    record_use=backend.records_use_on_release,
+                    failure_threshold=runtime.auth_failure_threshold, cooldown_seconds=runtime.cooldown_seconds,
+                ))
+                if outcome in CHANGES_ELIGIBILITY:
+                    backend.forget(self.account_id)
+                elif outcome is Outcome.SUCCESS:
+                    backend.debit(self.account_id, self.mode, self.cost)
+        except Exception:  # bookkeeping must never keep the slot or fail a finished answer
+            log.exception("could not record %s on account %s", outcome.value, self.masked_token)
+        finally:
+            if self._grant is not None:
+                try:
+                    await backend.release(self._grant)
+                except Exception:
+                    log.warning("could not free the slot on %s; it expires after the TTL", self.masked_token,
+                                exc_info=True)
+            leasing.lines().wake_heads()
         log.debug("released %s: %s", self.masked_token, outcome.value)
 
     async def __aenter__(self) -> Lease:
@@ -129,17 +186,37 @@ class Lease:
             await self.release(Outcome.FAILURE, reason=f"{type(exc).__name__}: {exc}")
 
 
-async def lease(model: ModelLike, *, exclude: Collection[int] = ()) -> Lease:
+async def lease(model: ModelLike, *, exclude: Collection[int] = (), sticky_key: Hashable | None = None) -> Lease:
     """Lease an account able to serve `model`, skipping the account ids in `exclude`.
 
-    Raises NoEligibleAccount or AllAccountsCooling when there is none.
+    `sticky_key` (a conversation, say) is accepted for a later affinity rule and unused for now.
+    Raises NoEligibleAccount, AllAccountsCooling or PoolBusy.
     """
     if model.tier not in TIER_ORDER:
         raise ValueError(f"unknown tier {model.tier!r} for model {model.id}")
-    async with _lock():
-        account = await sync_to_async(_claim, thread_sensitive=True)(model.id, model.tier, frozenset(exclude))
-    log.debug("leased %s (%s) for %s", account.masked_token, account.tier, model.id)
-    return Lease(account_id=account.pk, token=account.token, tier=account.tier)
+    runtime = await aget_runtime()
+    backend = leasing.backend()
+    request = LeaseRequest(
+        model.id, model.tier, model.mode, model.cost, frozenset(exclude), max(1, runtime.account_max_concurrent)
+    )
+    for _ in range(STALE_READS):
+        got = await wait_for_slot(backend, leasing.lines(), request, runtime.queue_timeout)
+        if isinstance(got, Grant):
+            held = Lease(got.account_id, got.token, got.tier, model.mode, model.cost, backend, got)
+            held._hold()
+            log.debug("leased %s (%s) for %s", held.masked_token, held.tier, model.id)
+            return held
+        if got is Refusal.BUSY:
+            retry_after = max(1, math.ceil(min(runtime.queue_timeout, BUSY_RETRY_AFTER)))
+            raise PoolBusy(
+                f"every account able to serve {model.id} is at its in-flight limit and no slot freed up in "
+                f"{runtime.queue_timeout:g} s; retry in {retry_after} s (or add accounts / raise max_concurrent)",
+                retry_after=retry_after,
+            )
+        error = await sync_to_async(explain, thread_sensitive=True)(backend.using, request, runtime.cooldown_seconds)
+        if error is not None:
+            raise error
+    raise NoEligibleAccount(f"the pool for {model.id} kept changing while leasing; retry")
 
 
 async def available_tiers() -> set[str]:
@@ -147,103 +224,15 @@ async def available_tiers() -> set[str]:
 
     A heavy account also serves super and basic models, so one usable heavy
     account makes all three tiers available: `model.tier in available_tiers()`
-    says whether `lease(model)` can succeed (barring cooldowns it cannot see).
+    says whether `lease(model)` can succeed (barring cooldowns, quotas and limits it cannot see).
     """
     qs = Account.objects.usable(timezone.now()).values_list("tier", flat=True).order_by().distinct()
     present = {tier async for tier in qs}
     return {needed for needed in TIER_ORDER if any(t in present for t in tiers_at_least(needed))}
 
 
-# --- the single-process SQLite backend -------------------------------------
-
-
-# Per event loop, because an asyncio.Lock belongs to the loop that first waits on it.
-# The lock is not what makes a lease correct (the conditional UPDATE is); it keeps
-# requests of one process from queueing on SQLite's write lock, whose busy handler
-# sleeps in steps of up to 100 ms.
-_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-def _lock() -> asyncio.Lock:
-    loop = asyncio.get_running_loop()
-    lock = _locks.get(loop)
-    if lock is None:
-        lock = _locks[loop] = asyncio.Lock()
-    return lock
-
-
-def _claim(model_id: str, tier: str, exclude: frozenset[int]) -> Account:
-    with transaction.atomic():
-        # Read the clock inside the transaction: once SQLite's write lock is held, so
-        # `last_used_at` follows the order in which leases really happened.
-        now = timezone.now()
-        picked = _pick(model_id, tier, exclude, now)
-    # Raised outside the block so the ended cooldowns stay committed.
-    if isinstance(picked, PoolError):
-        raise picked
-    return picked
-
-
-def _pick(model_id: str, tier: str, exclude: frozenset[int], now: datetime) -> Account | PoolError:
-    Account.objects.end_cooldowns(now)
-    rank = Case(
-        *(When(tier=name, then=Value(order)) for name, order in TIER_ORDER.items()),
-        output_field=IntegerField(),
-    )
-    candidates = (
-        Account.objects.able_to_serve(tier)
-        .filter(status=Status.ACTIVE)
-        .exclude(pk__in=exclude)
-        .order_by(rank, F("last_used_at").asc(nulls_first=True), "id")
-    )
-    for _ in range(CLAIM_ATTEMPTS):
-        account = candidates.first()
-        if account is None:
-            return _why_none(model_id, tier, exclude, now)
-        if account.claim(now):
-            return account
-    # Only reachable when other workers keep winning the same rows (not on SQLite).
-    return NoEligibleAccount(f"could not claim an account for {model_id}: too many concurrent leases; retry")
-
-
-def _why_none(model_id: str, tier: str, exclude: frozenset[int], now: datetime) -> PoolError:
-    serving = Account.objects.able_to_serve(tier)
-    in_rotation = serving.exclude(status__in=[Status.EXPIRED, Status.DISABLED])
-    if not in_rotation.exists():
-        out = serving.count()
-        aside = f" ({out} more expired or disabled: see the admin)" if out else ""
-        return NoEligibleAccount(
-            f"no active {tier} account for {model_id}{aside}: "
-            f"import one with `manage.py import_tokens FILE --type {tier}`"
-        )
-    cooling = in_rotation.filter(status=Status.COOLING).exclude(pk__in=exclude)
-    soonest = cooling.aggregate(soonest=Min("cooldown_until"))["soonest"]
-    if soonest is None:
-        # Everything that could serve was excluded: each one already failed this request.
-        n = in_rotation.count()
-        return NoEligibleAccount(
-            f"all {n} account{'s' if n != 1 else ''} able to serve {model_id} failed on this request"
-        )
-    retry_after = max(1, math.ceil((soonest - now).total_seconds()))
-    return AllAccountsCooling(
-        f"every account able to serve {model_id} is cooling down after rate limits; retry in {retry_after} s",
-        retry_after=retry_after,
-    )
-
-
-def _settle(account_id: int, outcome: Outcome, reason: str, retry_after: float | None) -> None:
-    account = Account.objects.filter(pk=account_id).first()
-    if account is None:
-        return  # deleted by an operator while the request ran
-    if outcome is Outcome.SUCCESS:
-        if account.failure_count or account.last_error:
-            account.mark_success()
-    elif outcome is Outcome.FAILURE:
-        account.record_failure(reason or "request failed")
-    elif outcome is Outcome.RATE_LIMITED:
-        seconds = retry_after if retry_after and retry_after > 0 else get_runtime().cooldown_seconds
-        account.cool_down_for(seconds, reason or "rate limited by Grok (429)")
-    elif outcome is Outcome.EXPIRED:
-        account.mark_expired(reason or "expired: Grok rejected the token (401)")
-    elif outcome is Outcome.BANNED:
-        account.disable(f"banned: {reason or 'refused by Grok'}")
+def cancel_renewals() -> None:
+    """Stop the renewal of every lease still held in this process (tests end with some)."""
+    for task in list(_renewers):
+        with contextlib.suppress(RuntimeError):  # its loop has closed: nothing left to stop
+            task.get_loop().call_soon_threadsafe(task.cancel)  # the gateway's tasks run on daphne's thread

@@ -9,8 +9,11 @@ restart and without a database query per request.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import dataclasses
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,9 +140,24 @@ def get_runtime() -> Runtime:
 
 async def aget_runtime() -> Runtime:
     """The runtime settings in force; at most one shared-cache read per `CHECK_EVERY`, no per-request query."""
-    now = time.monotonic()
-    if _cache.runtime is not None and now - _cache.checked_at < CHECK_EVERY:
+    if _cache.runtime is not None and time.monotonic() - _cache.checked_at < CHECK_EVERY:
         return _cache.runtime
+    # One check per worker at a time: a burst of requests at the end of CHECK_EVERY (or
+    # after a save) would otherwise open one Redis and one database connection each.
+    loop = asyncio.get_running_loop()
+    check = _checks.get(loop)
+    if check is None:
+        # A fresh context: the task outlives the request that happened to start it.
+        check = _checks[loop] = loop.create_task(_acheck(), context=contextvars.Context())
+        check.add_done_callback(lambda _: _checks.pop(loop, None))
+    return await asyncio.shield(check)
+
+
+_checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = weakref.WeakKeyDictionary()
+
+
+async def _acheck() -> Runtime:
+    now = time.monotonic()
     if not _fresh(await _published_version()):
         from asgiref.sync import sync_to_async
 

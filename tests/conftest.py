@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,24 @@ from django.conf import settings
 from gateway.fakegrok import FakeGrok
 
 API_KEY = "sk-test-key"
+# A second database, for tests that lease through PostgreSQL next to the SQLite default
+# (`django_db(databases=["default", "pg"])`); pytest-django creates it only when such a test runs.
+POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/test"
+
+
+def _add_postgres_alias() -> None:
+    import environ
+    from django.db import connections
+
+    config = environ.Env.db_url_config(POSTGRES_URL)
+    config["TEST"] = {"NAME": f"test_grok2api_pg_{os.getpid()}"}  # concurrent runs share the server
+    settings.DATABASES["pg"] = config
+    # Django read DATABASES at setup; the alias must reach its connection handler too.
+    connections.settings["pg"] = config
+    connections.configure_settings(connections.settings)
+
+
+_add_postgres_alias()
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +57,7 @@ def gateway_url(django_db_setup, django_db_blocker, fake_grok: FakeGrok) -> Iter
     settings.GROK_BASE_URL = fake_grok.base_url
     settings.GROK_ASSETS_URL = fake_grok.base_url
     settings.API_KEYS = [API_KEY]
+    settings.PERIODIC_JOBS = False  # tests run jobs themselves (`pools.jobs.run_job`)
     from grok2api.asgi import application
 
     server = Server(application=application, endpoints=["tcp:port=0:interface=127.0.0.1"], signal_handlers=False)
@@ -103,6 +123,17 @@ def runtime(transactional_db):
     from pools.settings import update_runtime
 
     return update_runtime
+
+
+@pytest.fixture(autouse=True)
+def _forget_leases():
+    """Each test leases through a fresh backend (the configured one), and stops the renewals it left running."""
+    from pools import leasing, selection
+
+    leasing.use(None)
+    yield
+    selection.cancel_renewals()
+    leasing.use(None)
 
 
 @pytest.fixture(autouse=True)

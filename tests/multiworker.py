@@ -63,6 +63,8 @@ class Cluster:
             "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url, "API_KEY": API_KEY,
             "GROK_BASE_URL": self.fake_url, "GROK_ASSETS_URL": self.fake_url, "DATA_DIR": self._tmp.name,
             "SECRET_KEY": "cluster-test-key", "LOG_LEVEL": "WARNING",
+            # Jobs would sync quotas against the fake at the first request; tests that want them say so.
+            "PERIODIC_JOBS": "false",
         })
         env.update(self.extra_env)
         return env

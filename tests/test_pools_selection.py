@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from datetime import timedelta
 
@@ -12,8 +11,7 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.utils import timezone
 
 from gateway.models import get_model
-from pools import selection
-from pools.models import Account, Status
+from pools.models import Account, Quota, Status
 from pools.selection import (
     AllAccountsCooling,
     NoEligibleAccount,
@@ -174,6 +172,7 @@ async def test_it_uses_an_account_created_after_the_first_lease() -> None:
 
 
 async def test_it_spreads_concurrent_leases_evenly() -> None:
+    await sync_to_async(update_runtime)(account_max_concurrent=10)  # 50 leases held at once on 5 accounts
     accounts = await make(5)
     leases = await asyncio.gather(*(lease(FAST) for _ in range(50)))
     assert Counter(held.account_id for held in leases) == {a.pk: 10 for a in accounts}
@@ -181,11 +180,9 @@ async def test_it_spreads_concurrent_leases_evenly() -> None:
     assert counts == [10] * 5
 
 
-async def test_it_stays_correct_across_threads_without_the_process_lock(monkeypatch) -> None:
-    # Like ASGI requests, each lease runs its ORM work in its own thread and
-    # connection; with the asyncio lock gone only the database keeps them apart,
-    # as it must across worker processes.
-    monkeypatch.setattr(selection, "_lock", contextlib.nullcontext)
+async def test_it_stays_correct_across_threads() -> None:
+    # Like ASGI requests, each lease runs its ORM work in its own thread and connection.
+    await sync_to_async(update_runtime)(account_max_concurrent=5)  # 20 leases held at once on 4 accounts
     accounts = await make(4)
 
     async def one() -> int:
@@ -218,9 +215,9 @@ async def test_it_cools_a_rate_limited_account_for_the_window_given() -> None:
     held = await lease(FAST)
     await held.release(Outcome.RATE_LIMITED, reason="429 from grok", retry_after=120)
     a = await fresh(a)
-    assert a.status == Status.COOLING
+    quota = await Quota.objects.aget(account=a, mode=FAST.mode)  # the cooldown is per mode now
     assert a.last_error == "429 from grok"
-    remaining = (a.cooldown_until - timezone.now()).total_seconds()
+    remaining = (quota.cooldown_until - timezone.now()).total_seconds()
     assert 110 < remaining <= 120
 
 
@@ -230,7 +227,8 @@ async def test_it_cools_for_the_runtime_default_without_a_window() -> None:
     await sync_to_async(update_runtime)(cooldown_seconds=42)
     await held.release(Outcome.RATE_LIMITED)
     a = await fresh(a)
-    remaining = (a.cooldown_until - timezone.now()).total_seconds()
+    quota = await Quota.objects.aget(account=a, mode=FAST.mode)  # the cooldown is per mode now
+    remaining = (quota.cooldown_until - timezone.now()).total_seconds()
     assert 35 < remaining <= 42
     assert "rate limited" in a.last_error
 

@@ -267,6 +267,7 @@ class _Connection:
         keep_alive = request.keep_alive and chunked
         watcher = asyncio.create_task(self._watch())
         outcome = "disconnected"
+        counted = False  # whether on_close has already run
         if response.on_open:
             response.on_open()
         try:
@@ -290,10 +291,14 @@ class _Connection:
                 else:
                     self.writer.write(b"%x\r\n%s\r\n" % (len(step), step) if chunked else step)
                     await self.writer.drain()
+            # Count the stream closed before its last byte can reach the client: a client that
+            # starts its next request the moment it reads the end must never see both in flight.
+            outcome, counted = "completed", True
+            if response.on_close:
+                response.on_close(outcome)
             if chunked:
                 self.writer.write(b"0\r\n\r\n")
                 await self.writer.drain()
-            outcome = "completed"
             return keep_alive
         except ConnectionError:
             return False
@@ -301,7 +306,7 @@ class _Connection:
             # Wait for the watcher to really stop: the next request reads the same socket.
             watcher.cancel()
             await asyncio.wait({watcher})
-            if response.on_close:
+            if response.on_close and not counted:
                 response.on_close(outcome)
 
 

@@ -1,0 +1,134 @@
+"""What a lease's outcome does to its account and quota rows, and why no account could be leased.
+
+Both are sync functions for `sync_to_async(thread_sensitive=True)`: each runs as
+one transaction of conditional UPDATEs, so concurrent releases in any number of
+workers never overwrite each other's counters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from pools.leasing.base import AllAccountsCooling, LeaseRequest, NoEligibleAccount, Outcome, PoolError
+from pools.leasing.roster import Candidate, QuotaView, unix
+from pools.models import Account, Quota, Status
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One lease's end, as `Lease.release` hands it over."""
+
+    account_id: int
+    mode: str
+    cost: int
+    outcome: Outcome
+    reason: str = ""
+    retry_after: float | None = None
+    record_use: bool = False  # the backend leaves `last_used_at`/`use_count` to the release
+    failure_threshold: int = 1
+    cooldown_seconds: float = 300.0
+
+
+# Outcomes after which the account is, or may be, no longer eligible: cached rosters re-read.
+CHANGES_ELIGIBILITY = {Outcome.RATE_LIMITED, Outcome.EXPIRED, Outcome.BANNED}
+
+
+def settle(using: str, s: Settlement) -> None:
+    now = timezone.now()
+    accounts = Account.objects.using(using).filter(pk=s.account_id)
+    use = {"last_used_at": now, "use_count": F("use_count") + 1} if s.record_use else {}
+    reason = s.reason[:500]
+    with transaction.atomic(using=using):
+        if s.outcome is Outcome.SUCCESS:
+            if use:
+                accounts.update(failure_count=0, last_error="", **use)
+            else:
+                accounts.exclude(failure_count=0, last_error="").update(failure_count=0, last_error="")
+            # Local estimate until the next sync; `remaining` unknown stays unknown.
+            Quota.objects.using(using).filter(account_id=s.account_id, mode=s.mode, remaining__isnull=False).update(
+                remaining=Greatest(F("remaining") - s.cost, Value(0))
+            )
+        elif s.outcome is Outcome.FAILURE:
+            accounts.update(failure_count=F("failure_count") + 1, last_error=reason or "request failed", **use)
+        elif s.outcome is Outcome.RATE_LIMITED:
+            seconds = s.retry_after if s.retry_after and s.retry_after > 0 else s.cooldown_seconds
+            until = now + timedelta(seconds=seconds)
+            if accounts.update(last_error=reason or f"rate limited by Grok (429) for {s.mode}", **use):
+                _cool_mode(using, s.account_id, s.mode, until)
+        elif s.outcome is Outcome.EXPIRED:
+            at_threshold = Q(failure_count__gte=max(s.failure_threshold, 1) - 1) & ~Q(status=Status.DISABLED)
+            accounts.update(
+                failure_count=F("failure_count") + 1,
+                last_error=reason or "expired: Grok rejected the token (401)",
+                status=Case(When(at_threshold, then=Value(Status.EXPIRED)), default=F("status")),
+                **use,
+            )
+        elif s.outcome is Outcome.BANNED:
+            accounts.update(status=Status.DISABLED, last_error=f"banned: {reason or 'refused by Grok'}", **use)
+        elif use:
+            accounts.update(**use)
+
+
+def _cool_mode(using: str, account_id: int, mode: str, until: datetime) -> None:
+    """This mode, and only this mode, is out until `until`; its count is spent."""
+    quotas = Quota.objects.using(using)
+    if quotas.filter(account_id=account_id, mode=mode).update(cooldown_until=until, remaining=0):
+        return
+    try:
+        with transaction.atomic(using=using):
+            quotas.create(account_id=account_id, mode=mode, cooldown_until=until, remaining=0)
+    except IntegrityError:  # another worker created the row first
+        quotas.filter(account_id=account_id, mode=mode).update(cooldown_until=until, remaining=0)
+
+
+def explain(using: str, request: LeaseRequest, cooldown_seconds: float) -> PoolError | None:
+    """Why nothing is eligible for `request`; None when something is after all (a stale read: try again)."""
+    now = timezone.now()
+    model, tier = request.model_id, request.tier
+    serving = Account.objects.using(using).filter(tier__in=request.tiers)
+    in_rotation = serving.exclude(status__in=[Status.EXPIRED, Status.DISABLED])
+    if not in_rotation.exists():
+        out = serving.count()
+        aside = f" ({out} more expired or disabled: see the admin)" if out else ""
+        return NoEligibleAccount(
+            f"no active {tier} account for {model}{aside}: import one with `manage.py import_tokens FILE --type {tier}`"
+        )
+    others = list(in_rotation.exclude(pk__in=request.exclude).values_list("id", "status", "cooldown_until"))
+    if not others:
+        n = in_rotation.count()
+        return NoEligibleAccount(f"all {n} account{'s' if n != 1 else ''} able to serve {model} failed on this request")
+    quotas = {
+        account_id: QuotaView(remaining, unix(cooldown), unix(resets))
+        for account_id, remaining, cooldown, resets in Quota.objects.using(using)
+        .filter(account_id__in=[row[0] for row in others], mode=request.mode)
+        .values_list("account_id", "remaining", "cooldown_until", "resets_at")
+    }
+    moment = now.timestamp()
+    backs = []
+    for account_id, status, cooldown in others:
+        candidate = Candidate(account_id, "", tier, 0, None, status, unix(cooldown), 0.0)
+        if account_id in quotas:
+            candidate.quotas[request.mode] = quotas[account_id]
+        backs.append(candidate.available_at(request.mode, request.cost, moment))
+    soonest = min(backs)
+    if soonest == 0:
+        return None
+    if math.isinf(soonest):
+        retry_after = max(1, math.ceil(cooldown_seconds))
+        return AllAccountsCooling(
+            f"every account able to serve {model} has used up its {request.mode} quota; "
+            f"retry in {retry_after} s or refresh quotas in the admin",
+            retry_after=retry_after,
+        )
+    retry_after = max(1, math.ceil(soonest - moment))
+    return AllAccountsCooling(
+        f"every account able to serve {model} is cooling down after rate limits; retry in {retry_after} s",
+        retry_after=retry_after,
+    )

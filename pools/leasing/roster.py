@@ -1,0 +1,200 @@
+"""The accounts a worker may lease from, cached for a second, and the one eligibility rule.
+
+Reading every account and quota per lease would cost a query per request, so the
+local and Redis backends keep a snapshot for `max_age` seconds (1 s: an account
+imported in another worker is used within a second). The snapshot is dropped at
+once when this process saves or deletes an account or quota (signals below) or
+when a lease outcome changes one (`forget`), and it is re-read before saying
+"no account" so a stale copy never refuses a request. The PostgreSQL backend
+evaluates the same rule in SQL (`postgres.py`), on fresh rows every time.
+
+Eligibility (`Candidate.available_at`), for a model of mode M and cost C:
+- the account is active, or `cooling` with a window that has passed (legacy
+  account-wide cooldown); expired and disabled accounts are never loaded;
+- its quota row for M, if any, has no cooldown running, and either its
+  `remaining` is unknown, or >= C, or stale (its window `resets_at` has passed,
+  or the cooldown that zeroed it has ended): nothing stays limited after its window.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.db.models import Q
+from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
+
+from pools.leasing.base import LeaseRequest
+from pools.models import TIER_ORDER, Account, Quota, Status
+
+PLENTY = 2**31 - 1  # an unknown quota counts as plenty when ordering
+
+
+def unix(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+@dataclass(frozen=True)
+class QuotaView:
+    remaining: int | None
+    cooldown_until: float | None  # Unix seconds
+    resets_at: float | None
+
+
+@dataclass
+class Candidate:
+    id: int
+    token: str = field(repr=False)
+    tier: str
+    priority: int
+    max_concurrent: int | None
+    status: str
+    cooldown_until: float | None  # the legacy account-wide window
+    last_used: float  # Unix seconds; 0 when never used
+    quotas: dict[str, QuotaView] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return TIER_ORDER[self.tier]
+
+    def limit(self, default: int) -> int:
+        return self.max_concurrent or default
+
+    def available_at(self, mode: str, cost: int, now: float) -> float:
+        """0 when it can serve now; else when it should be back (`inf`: not known)."""
+        back = 0.0
+        if self.status == Status.COOLING and self.cooldown_until is not None and self.cooldown_until > now:
+            back = self.cooldown_until
+        quota = self.quotas.get(mode)
+        if quota is None:
+            return back
+        if quota.cooldown_until is not None and quota.cooldown_until > now:
+            return max(back, quota.cooldown_until)
+        if self._exhausted(quota, cost, now):
+            return max(back, quota.resets_at if quota.resets_at is not None else math.inf)
+        return back
+
+    @staticmethod
+    def _exhausted(quota: QuotaView, cost: int, now: float) -> bool:
+        if quota.remaining is None or quota.remaining >= cost:
+            return False
+        if quota.resets_at is not None and quota.resets_at <= now:
+            return False  # the window reset since the count was taken
+        return not (quota.cooldown_until is not None and quota.cooldown_until <= now)
+
+    def quota_left(self, mode: str, now: float) -> int:
+        quota = self.quotas.get(mode)
+        if quota is None or quota.remaining is None:
+            return PLENTY
+        stale = (quota.resets_at is not None and quota.resets_at <= now) or (
+            quota.cooldown_until is not None and quota.cooldown_until <= now
+        )
+        return PLENTY if stale else quota.remaining
+
+    def order(self, mode: str, now: float) -> tuple:
+        """The static part of the lease order; backends put in-flight counts after `rank`."""
+        return (-self.priority, self.rank, -self.quota_left(mode, now), self.last_used, self.id)
+
+
+def eligible(candidates: list[Candidate], request: LeaseRequest, now: float) -> list[Candidate]:
+    """Candidates able to serve `request` now, in lease order (before in-flight counts)."""
+    found = [
+        c
+        for c in candidates
+        if c.rank >= TIER_ORDER[request.tier]
+        and c.id not in request.exclude
+        and c.available_at(request.mode, request.cost, now) == 0
+    ]
+    found.sort(key=lambda c: c.order(request.mode, now))
+    return found
+
+
+def load(using: str) -> list[Candidate]:
+    """Accounts in rotation with their quotas; also returns passed account-wide cooldowns to `active`."""
+    now = timezone.now()
+    ended = Q(status=Status.COOLING) & (Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now))
+    accounts = Account.objects.using(using)
+    if accounts.filter(ended).exists():
+        accounts.end_cooldowns(now)
+    rows = accounts.filter(status__in=[Status.ACTIVE, Status.COOLING]).values_list(
+        "id", "token", "tier", "priority", "max_concurrent", "status", "cooldown_until", "last_used_at"
+    )
+    found = {
+        row[0]: Candidate(row[0], row[1], row[2], row[3], row[4], row[5], unix(row[6]), unix(row[7]) or 0.0)
+        for row in rows
+    }
+    quotas = Quota.objects.using(using).filter(account_id__in=list(found)).values_list(
+        "account_id", "mode", "remaining", "cooldown_until", "resets_at"
+    )
+    for account_id, mode, remaining, cooldown_until, resets_at in quotas:
+        found[account_id].quotas[mode] = QuotaView(remaining, unix(cooldown_until), unix(resets_at))
+    return list(found.values())
+
+
+class _Generation:
+    """Bumped when this process saves an account or quota, so every roster re-reads at once."""
+
+    value = 0
+
+
+def _bump(**kwargs: object) -> None:
+    _Generation.value += 1
+
+
+for _model in (Account, Quota):
+    post_save.connect(_bump, sender=_model, dispatch_uid=f"leasing-roster-save-{_model.__name__}")
+    post_delete.connect(_bump, sender=_model, dispatch_uid=f"leasing-roster-delete-{_model.__name__}")
+
+
+class Roster:
+    """One database alias's candidates, at most `max_age` seconds old."""
+
+    def __init__(self, using: str = "default", max_age: float = 1.0) -> None:
+        self.using = using
+        self.max_age = max_age
+        self._candidates: list[Candidate] | None = None
+        self._loaded_at = 0.0
+        self._generation = -1
+
+    async def eligible(self, request: LeaseRequest) -> list[Candidate]:
+        """Eligible candidates in lease order; an empty answer is always from fresh rows."""
+        fresh = await self._ensure()
+        found = eligible(self._candidates or [], request, time.time())
+        if not found and not fresh:
+            await self._reload()
+            found = eligible(self._candidates or [], request, time.time())
+        return found
+
+    async def _ensure(self) -> bool:
+        stale = (
+            self._candidates is None
+            or self._generation != _Generation.value
+            or time.monotonic() - self._loaded_at > self.max_age
+        )
+        if stale:
+            await self._reload()
+        return stale
+
+    async def _reload(self) -> None:
+        generation = _Generation.value
+        self._candidates = await sync_to_async(load, thread_sensitive=True)(self.using)
+        self._loaded_at = time.monotonic()
+        self._generation = generation
+
+    def forget(self, account_id: int | None = None) -> None:
+        """Re-read before the next lease (an outcome changed an account's state)."""
+        self._candidates = None
+
+    def debit(self, account_id: int, mode: str, cost: int) -> None:
+        """Mirror a quota debit in the snapshot, so a count reaching zero is skipped before the next read."""
+        for candidate in self._candidates or ():
+            if candidate.id == account_id:
+                quota = candidate.quotas.get(mode)
+                if quota is not None and quota.remaining is not None:
+                    left = max(quota.remaining - cost, 0)
+                    candidate.quotas[mode] = QuotaView(left, quota.cooldown_until, quota.resets_at)
+                return
