@@ -1,43 +1,32 @@
-"""One chat completion: lease an account, ask Grok, retry before the first byte, stream pieces.
+"""One chat completion: lease an account, pick its proxy, ask Grok, retry before the first byte, stream.
 
-Retry policy (only before anything has gone to the client):
-401 / invalid credentials -> the account is expired, try another; 403 blocked-user
--> banned, try another; 429 / usage limit -> cool the account down, try another;
-5xx, network errors, an empty answer -> try another; Cloudflare / anti-bot 403 ->
-502 at once (another account on the same IP fares no better); our own timeouts
--> 504. At most `max_attempts` attempts.
+`open_chat` runs the attempts; what each failure means and what the next attempt
+does about it is the policy in `gateway.retry`. Every attempt logs one line
+(`gateway.retry.log_attempt`) with the masked token and proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 from django.conf import settings
 
 from gateway.dialect import Budget, ChatAsk, Dialect, RestDialect
-from gateway.errors import GatewayTimeout, OpenAIError, RateLimited, ServiceUnavailable, UpstreamFailed
+from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.frames import Event, StreamError
 from gateway.models import ModelSpec
+from gateway.retry import Step, backoff_delay, log_attempt, next_step, outcome_for, to_openai
 from gateway.stream import Piece, Renderer
-from gateway.upstream import (
-    ClientConfig,
-    GrokClient,
-    UpstreamAuthError,
-    UpstreamBanned,
-    UpstreamBlocked,
-    UpstreamError,
-    UpstreamRateLimited,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    classify_inband_error,
-)
-from pools import selection
+from gateway.upstream import GrokClient, UpstreamError, UpstreamTimeout, UpstreamUnavailable, classify_inband_error
+from pools import proxies, selection
+from pools.proxies import ProxyChoice, client_config
 from pools.selection import Lease, Outcome
 from pools.settings import Runtime, aget_runtime
+
+__all__ = ["ChatSession", "client_config", "open_chat", "to_openai"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,96 +179,77 @@ class ChatSession:
             await self.lease.release(self._outcome, reason=self._reason, retry_after=self._retry_after)
 
 
-def outcome_for(exc: UpstreamError) -> tuple[Outcome, float | None]:
-    if isinstance(exc, UpstreamBanned):
-        return Outcome.BANNED, None
-    if isinstance(exc, UpstreamAuthError):
-        return Outcome.EXPIRED, None
-    if isinstance(exc, UpstreamRateLimited):
-        return Outcome.RATE_LIMITED, exc.retry_after
-    if isinstance(exc, UpstreamBlocked):
-        return Outcome.CANCELLED, None  # the IP was refused, not the account
-    return Outcome.FAILURE, None
-
-
-def _retryable(exc: UpstreamError) -> bool:
-    if isinstance(exc, UpstreamTimeout | UpstreamBlocked):
-        return False
-    return isinstance(exc, UpstreamAuthError | UpstreamRateLimited | UpstreamUnavailable)
-
-
-def to_openai(exc: UpstreamError, model: ModelSpec | None, attempts: int = 1) -> OpenAIError:
-    """The client-facing error for an upstream failure that we are not going to retry."""
-    if isinstance(exc, UpstreamTimeout):
-        return GatewayTimeout(f"Upstream timeout: {exc}. Raise the {exc.phase} timeout if answers are slow.")
-    if isinstance(exc, UpstreamBlocked):
-        return UpstreamFailed(
-            f"Grok refused the request from this gateway ({exc}). Route it through a proxy (PROXY_URL) "
-            "or set CF_CLEARANCE to a cf_clearance cookie solved from the same IP and user agent.",
-            code="upstream_blocked",
-        )
-    if isinstance(exc, UpstreamRateLimited):
-        return RateLimited(f"Every account tried is rate-limited by Grok: {exc}", retry_after=exc.retry_after or 60)
-    if isinstance(exc, UpstreamAuthError):
-        name = model.id if model else "this model"
-        return ServiceUnavailable(
-            f"No usable account for {name}: Grok rejected {attempts} account(s) ({exc}). "
-            "Import fresh sso tokens with `manage.py import_tokens`."
-        )
-    if isinstance(exc, UpstreamUnavailable):
-        return UpstreamFailed(f"Grok is unavailable after {attempts} attempt(s): {exc}", code="upstream_unavailable")
-    return UpstreamFailed(f"Grok answered something this gateway cannot read: {exc}", code="upstream_protocol_error")
-
-
-def client_config(runtime: Runtime) -> ClientConfig:
-    return ClientConfig(
-        base_url=settings.GROK_BASE_URL,
-        assets_url=settings.GROK_ASSETS_URL,
-        impersonate=runtime.impersonate,
-        user_agent=runtime.user_agent,
-        statsig_id=runtime.statsig_constant,
-        cf_clearance=runtime.cf_clearance,
-        proxy_url=runtime.proxy_url if runtime.proxy_mode == "static" else "",
-        max_clients=runtime.max_upstream_streams,
-    )
-
-
 async def open_chat(model: ModelSpec, ask: ChatAsk) -> ChatSession:
     """A started `ChatSession`, after as many attempts as the retry policy allows. Raises `OpenAIError`."""
     runtime = await aget_runtime()
-    dialect = RestDialect(GrokClient(client_config(runtime)))
-    tried: set[int] = set()
+    limit = max(1, runtime.max_attempts)
+    tried: set[int] = set()  # accounts that failed this request
+    refused: set[int] = set()  # proxies that were refused during this request
     last: UpstreamError | None = None
-    for attempt in range(1, max(1, runtime.max_attempts) + 1):
-        try:
-            lease = await selection.lease(model, exclude=tried)
-        except selection.AllAccountsCooling as exc:
-            raise RateLimited(
-                f"Every account that can serve {model.id} is rate-limited; retry in {exc.retry_after} s.",
-                retry_after=exc.retry_after,
-            ) from exc
-        except selection.NoEligibleAccount as exc:
-            if last is not None:
-                raise to_openai(last, model, len(tried)) from last
-            raise ServiceUnavailable(str(exc)) from exc
-        tried.add(lease.account_id)
+    transient = 0
+    for attempt in range(1, limit + 1):
+        lease = await _lease(model, tried, last)
+        choice = await _route(lease, refused, last)
+        dialect = RestDialect(GrokClient(client_config(runtime, choice)))
         session = ChatSession(lease, dialect, ask, runtime)
         try:
             await session.start()
-            return session
         except UpstreamError as exc:
             session.fail(exc)
             await session.close()
             last = exc
-            logger.warning(
-                "attempt %d/%d for %s failed on account %s: %s",
-                attempt, runtime.max_attempts, model.id, lease.masked_token, exc,
-            )
-            if not _retryable(exc):
-                raise to_openai(exc, model, len(tried)) from exc
-            await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)  # jitter: don't stampede the next account
+            step = next_step(exc, runtime.retry_status_codes, rotatable=bool(choice and choice.proxy_id))
+            log_attempt(attempt, limit, model.id, lease, choice, step, exc)
+            if step is Step.NEXT_PROXY:
+                assert choice is not None and choice.proxy_id is not None
+                await proxies.report_blocked(choice, str(exc))
+                refused.add(choice.proxy_id)
+            elif step is Step.GIVE_UP:
+                break
+            else:
+                tried.add(lease.account_id)
+            if step is Step.BACKOFF and attempt < limit:
+                transient += 1
+                await asyncio.sleep(backoff_delay(transient))  # jitter: don't stampede the next account
+            continue
         except BaseException:
             await session.close()
             raise
+        log_attempt(attempt, limit, model.id, lease, choice, None)
+        await proxies.report_ok(choice)
+        return session
     assert last is not None
-    raise to_openai(last, model, len(tried)) from last
+    raise to_openai(last, model, attempt) from last
+
+
+async def _lease(model: ModelSpec, tried: set[int], last: UpstreamError | None) -> Lease:
+    try:
+        return await selection.lease(model, exclude=tried)
+    except selection.AllAccountsCooling as exc:
+        raise RateLimited(
+            f"Every account that can serve {model.id} is rate-limited; retry in {exc.retry_after} s.",
+            retry_after=exc.retry_after,
+        ) from exc
+    except selection.PoolBusy as exc:
+        raise RateLimited(
+            f"Every account that can serve {model.id} is busy with other requests; retry in {exc.retry_after} s.",
+            retry_after=exc.retry_after,
+        ) from exc
+    except selection.NoEligibleAccount as exc:
+        if last is not None:
+            raise to_openai(last, model, len(tried)) from last
+        raise ServiceUnavailable(str(exc)) from exc
+
+
+async def _route(lease: Lease, refused: set[int], last: UpstreamError | None) -> ProxyChoice | None:
+    """The proxy for this attempt; without one, the lease goes back unused."""
+    try:
+        return await proxies.proxy_for(lease.account_id, exclude=refused)
+    except proxies.NoProxyAvailable as exc:
+        await lease.release(Outcome.CANCELLED)
+        if refused and last is not None:
+            raise to_openai(last, None) from last  # the proxies we had were refused: name the fix
+        raise ServiceUnavailable(f"No proxy to reach Grok through: {exc}", code="no_proxy_available") from exc
+    except BaseException:
+        await lease.release(Outcome.CANCELLED)
+        raise

@@ -9,10 +9,13 @@ bodies and curl errors are translated here, once, into this hierarchy:
      ├── UpstreamBlocked           403 Cloudflare challenge or anti-bot: change proxy / cf_clearance
      ├── UpstreamRateLimited       429 or "usage limit": cool the account down
      ├── UpstreamUnavailable       5xx, network, TLS, a cut transfer: retry elsewhere
+     │    ├── UpstreamProxyFailed  the proxy in front of Grok failed (unreachable, refused, TLS): change proxy
      │    └── UpstreamTimeout      no first byte / idle gap / total time exceeded (ours)
      └── UpstreamProtocolError     an answer we cannot read
 
-No other module catches a curl_cffi exception.
+No other module catches a curl_cffi exception. Each request leaves through the
+proxy, `cf_clearance` and user agent of its client's `ClientConfig` (one
+`GrokClient` per route; the curl session underneath is shared per event loop).
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from curl_cffi import Curl, CurlError, CurlHttpVersion
+from curl_cffi import Curl, CurlECode, CurlError, CurlHttpVersion
 from curl_cffi.requests import AsyncSession, Response
-from curl_cffi.requests.exceptions import RequestException
+from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
+from curl_cffi.requests.exceptions import ProxyError, RequestException, SSLError
 
 logger = logging.getLogger(__name__)
 
 CHAT_PATH = "/rest/app-chat/conversations/new"
 RATE_LIMITS_PATH = "/rest/rate-limits"
+PROBE_TIMEOUT = 20.0  # seconds for a proxy probe or a proxy-pool fetch, connect included
 
 # Body markers that decide what a 4xx means (protocol §11).
 _CREDENTIAL_MARKERS = (
@@ -83,6 +89,10 @@ class UpstreamRateLimited(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     """5xx, a network or TLS failure, or a transfer cut short: worth retrying elsewhere."""
+
+
+class UpstreamProxyFailed(UpstreamUnavailable):
+    """The proxy in front of Grok failed: it did not resolve or connect, refused the tunnel, or broke TLS."""
 
 
 class UpstreamTimeout(UpstreamUnavailable):
@@ -133,13 +143,38 @@ def classify_inband_error(message: str, code: object = None) -> UpstreamError:
     return UpstreamUnavailable(f"Grok reported an error: {message}")
 
 
+# With a proxy in use, curl connects to the proxy, so these failures are the proxy's.
+_PROXY_CODES = {CurlECode.COULDNT_RESOLVE_PROXY, CurlECode.COULDNT_CONNECT, CurlECode.PROXY}
+
+
+def _proxy_failure(exc: RequestException) -> bool:
+    if isinstance(exc, ProxyError | SSLError):
+        return True
+    return isinstance(exc, CurlConnectionError) and getattr(exc, "code", None) in _PROXY_CODES
+
+
 @contextmanager
-def _translate() -> Iterator[None]:
-    """Turn every curl_cffi failure into an `UpstreamUnavailable`, keeping the cause."""
+def _translate(proxy: str = "") -> Iterator[None]:
+    """Turn every curl_cffi failure into an `UpstreamUnavailable`, keeping the cause.
+
+    When the request went through `proxy`, failures that happen between us and the
+    proxy (resolve, connect, tunnel, TLS handshake) become `UpstreamProxyFailed`.
+    """
     try:
         yield
     except RequestException as exc:
+        if proxy and _proxy_failure(exc):
+            raise UpstreamProxyFailed(f"proxy {mask_proxy(proxy)} failed: {exc}") from exc
         raise UpstreamUnavailable(f"network error talking to Grok: {exc}") from exc
+
+
+def mask_proxy(url: str) -> str:
+    """`http://user:****@host:port`: a proxy URL fit for logs and messages (the password never shows)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, hostpart = rest.rpartition("@")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:****@{hostpart}"
 
 
 def statsig_id(constant: str = "") -> str:
@@ -192,19 +227,45 @@ class _Session(AsyncSession):
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Session] = weakref.WeakKeyDictionary()
 
 
+# A block that opened its own session (`own_session`) uses it instead of the loop's.
+_own: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("own_session", default=None)
+
+
+def _new_session(config: ClientConfig) -> _Session:
+    return _Session(
+        impersonate=config.impersonate,
+        # The default of 10 would silently queue the 11th concurrent stream.
+        max_clients=config.max_clients,
+        http_version=CurlHttpVersion.V1_1 if config.base_url.startswith("http://") else None,
+        # No session-wide proxy: each request names its own (`ClientConfig.proxy_url`).
+    )
+
+
 def _session(config: ClientConfig) -> _Session:
+    own = _own.get()
+    if own is not None:
+        return own
     loop = asyncio.get_running_loop()
     session = _sessions.get(loop)
     if session is None:
-        session = _Session(
-            impersonate=config.impersonate,
-            # The default of 10 would silently queue the 11th concurrent stream.
-            max_clients=config.max_clients,
-            http_version=CurlHttpVersion.V1_1 if config.base_url.startswith("http://") else None,
-            proxy=config.proxy_url or None,
-        )
-        _sessions[loop] = session
+        session = _sessions[loop] = _new_session(config)
     return session
+
+
+@asynccontextmanager
+async def own_session(config: ClientConfig) -> AsyncIterator[None]:
+    """Calls inside this block use a session of their own, closed on the way out.
+
+    For work that runs on a short-lived loop (an admin action through
+    `async_to_sync`), so no session outlives the loop it belongs to.
+    """
+    session = _new_session(config)
+    marker = _own.set(session)
+    try:
+        yield
+    finally:
+        _own.reset(marker)
+        await session.close()
 
 
 async def close_sessions() -> None:
@@ -215,16 +276,22 @@ async def close_sessions() -> None:
 
 
 class GrokClient:
+    """Grok as seen from one route: `config` names the proxy, `cf_clearance` and user agent to use."""
+
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
 
+    @property
+    def _proxy(self) -> str | None:
+        return self.config.proxy_url or None
+
     def headers(self, token: str, *, referer: str = "/") -> dict[str, str]:
-        """The §1.3 headers of a browser tab on grok.com, with the account's cookies."""
+        """The §1.3 headers of a browser tab on grok.com, with the account's cookies (none for "")."""
         origin = "https://grok.com"
-        cookie = f"sso={token}; sso-rw={token}"
+        cookies = [f"sso={token}", f"sso-rw={token}"] if token else []
         if self.config.cf_clearance:
-            cookie += f"; cf_clearance={self.config.cf_clearance}"
-        return {
+            cookies.append(f"cf_clearance={self.config.cf_clearance}")
+        headers = {
             "Accept": "*/*",
             "Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8",
             "Content-Type": "application/json",
@@ -239,8 +306,10 @@ class GrokClient:
             "Pragma": "no-cache",
             "x-xai-request-id": str(uuid.uuid4()),
             "x-statsig-id": statsig_id(self.config.statsig_id),
-            "Cookie": cookie,
         }
+        if cookies:
+            headers["Cookie"] = "; ".join(cookies)
+        return headers
 
     @asynccontextmanager
     async def chat(self, token: str, payload: dict, *, first_byte_timeout: float, total_timeout: float
@@ -257,7 +326,7 @@ class GrokClient:
         try:
             request = asyncio.ensure_future(session.request(
                 "POST", url, headers=self.headers(token), data=json.dumps(payload), stream=True,
-                timeout=(self.config.connect_timeout, total_timeout + 5),
+                timeout=(self.config.connect_timeout, total_timeout + 5), proxy=self._proxy,
             ))
         finally:
             _handles.reset(marker)
@@ -271,7 +340,7 @@ class GrokClient:
             raise UpstreamTimeout(
                 f"Grok sent no response headers within {first_byte_timeout:g} s", phase="first_byte"
             )
-        with _translate():
+        with _translate(self.config.proxy_url):
             response = request.result()
         try:
             if response.status_code != 200:
@@ -304,10 +373,10 @@ class GrokClient:
     async def rate_limits(self, token: str, mode: str) -> dict:
         """`POST /rest/rate-limits` for one mode (§8.1); the pools issue builds quotas on it."""
         session = _session(self.config)
-        with _translate():
+        with _translate(self.config.proxy_url):
             response = await session.post(
                 self.config.base_url + RATE_LIMITS_PATH, headers=self.headers(token),
-                data=json.dumps({"modelName": mode}), timeout=30,
+                data=json.dumps({"modelName": mode}), timeout=30, proxy=self._proxy,
             )
         if response.status_code != 200:
             raise classify_error_body(response.status_code, response.text)
@@ -315,6 +384,49 @@ class GrokClient:
             return response.json()
         except ValueError as exc:
             raise UpstreamProtocolError("rate-limits answer is not JSON") from exc
+
+    async def probe(self, url: str = "") -> int:
+        """Check that this route reaches Grok without being refused; returns the HTTP status.
+
+        Sends one cheap request without an account (`POST /rest/rate-limits` by
+        default, or a GET of `url`) through this client's proxy, with its
+        `cf_clearance` and user agent. Any answer from behind Cloudflare counts,
+        a 401 included. Raises `UpstreamBlocked` for a Cloudflare or anti-bot
+        refusal, `UpstreamProxyFailed` when the proxy fails, `UpstreamUnavailable`
+        for a 5xx or a network error.
+        """
+        session = _session(self.config)
+        timeouts = (min(self.config.connect_timeout, PROBE_TIMEOUT), PROBE_TIMEOUT)
+        with _translate(self.config.proxy_url):
+            if url:
+                response = await session.get(url, headers=self.headers(""), timeout=timeouts, proxy=self._proxy)
+            else:
+                response = await session.post(
+                    self.config.base_url + RATE_LIMITS_PATH, headers=self.headers(""),
+                    data=json.dumps({"modelName": "fast"}), timeout=timeouts, proxy=self._proxy,
+                )
+        status = response.status_code
+        if status == 403 or status >= 500:
+            error = classify_error_body(status, response.text)
+            if isinstance(error, UpstreamBlocked | UpstreamUnavailable):
+                raise error
+        return status
+
+    async def fetch_text(self, url: str) -> str:
+        """GET `url` directly (no proxy) and return its body: a proxy-pool API, for instance.
+
+        Raises `UpstreamUnavailable` on a network error or a status other than 200;
+        the message names the host only (such URLs often carry an API key).
+        """
+        session = _session(self.config)
+        host = urlsplit(url).netloc.rpartition("@")[2] or url[:40]
+        try:
+            response = await session.get(url, timeout=PROBE_TIMEOUT)
+        except RequestException as exc:
+            raise UpstreamUnavailable(f"could not fetch from {host}: {exc}") from exc
+        if response.status_code != 200:
+            raise UpstreamUnavailable(f"{host} answered HTTP {response.status_code}", status=response.status_code)
+        return response.text
 
 
 async def _abort(session: _Session, curls: list[Curl], task: asyncio.Future | None) -> None:

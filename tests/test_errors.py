@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
+from django.utils import timezone
 
 from tests.conftest import API_KEY
 from tests.openai_spec import validate
@@ -98,8 +101,8 @@ def test_it_answers_429_with_retry_after_when_every_account_is_rate_limited(gate
     error = _error(response, 429)
     assert int(response.headers["Retry-After"]) >= 1
     assert error["type"] == "rate_limit_error"
-    # Both accounts were tried and are now cooling: the next call is refused without touching Grok.
-    assert pool.get("ratelimited-1").status == "cooling"
+    # Both accounts were tried and their fast mode is now cooling: the next call is refused without touching Grok.
+    assert pool.get("ratelimited-1").quotas.get(mode="fast").cooldown_until > timezone.now()
     before = len(fake_grok.requests())
     again = _call(gateway, json={"model": "grok-chat-fast", "messages": HI})
     _error(again, 429)
@@ -142,3 +145,24 @@ def test_it_answers_413_for_an_oversized_body(gateway, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     body = {"model": "grok-chat-fast", "messages": [{"role": "user", "content": "x" * 5000}]}
     _error(_call(gateway, json=body), 413)
+
+
+def test_it_answers_429_when_every_account_stays_busy_past_the_queue_timeout(gateway, pool, runtime, fake_grok):
+    import threading  # the slow stream holds the only slot meanwhile
+
+    runtime(account_max_concurrent=1, queue_timeout=0.3)
+    pool.add("good-1")
+    slow = {"model": "grok-chat-fast", "stream": True,
+            "messages": [{"role": "user", "content": "[fake:pace=30:100]"}]}
+    holder = threading.Thread(target=lambda: _call(gateway, json=slow))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not fake_grok.stats("good-1").in_flight:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        response = _call(gateway, json={"model": "grok-chat-fast", "messages": HI})
+        error = _error(response, 429)
+        assert "busy" in error["message"] and int(response.headers["Retry-After"]) >= 1
+    finally:
+        holder.join(30)
