@@ -17,4 +17,13 @@ if not settings.API_KEYS:
         settings.HOST, settings.PORT,
     )
 
-application = ProtocolTypeRouter({"http": django_app})
+from pools.jobs import ensure_scheduler  # noqa: E402
+
+_router = ProtocolTypeRouter({"http": django_app})
+
+
+async def application(scope: dict, receive, send) -> None:
+    # daphne sends no lifespan events: each worker starts its periodic jobs on its first request.
+    if scope["type"] == "http":
+        ensure_scheduler()
+    await _router(scope, receive, send)

@@ -129,9 +129,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=20 * 1024 * 1
 HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)
 WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+# Quota refresh, recovery probes and proxy health run in every worker (once per interval cluster-wide).
+PERIODIC_JOBS = env.bool("PERIODIC_JOBS", default=True)
 API_KEYS = [k for k in env.list("API_KEY", default=[]) if k]
 GROK_BASE_URL = env.str("GROK_BASE_URL", default="https://grok.com").rstrip("/")
 GROK_ASSETS_URL = env.str("GROK_ASSETS_URL", default="https://assets.grok.com").rstrip("/")
+# Seconds a lease outlives a worker that died holding it (renewed every third of it while held).
+LEASE_TTL = env.float("LEASE_TTL", default=60.0)
 
 # First values of the admin-edited runtime settings row (`pools.models.RuntimeSettings`).
 # Read runtime values only through `pools.settings.get_runtime()` / `aget_runtime()`.

@@ -234,3 +234,82 @@ def test_it_shows_masked_tokens_in_a_real_browser(live_server, tmp_path: Path, d
             assert shot.stat().st_size > 1000
         finally:
             browser.close()
+
+
+# --- quota, filters ----------------------------------------------------------------------
+
+
+def quota(account: Account, mode: str, remaining: int, total: int, *, resets_in: float, cooling: bool = False):
+    from pools.models import Quota
+
+    now = timezone.now()
+    resets = now + timedelta(seconds=resets_in)
+    return Quota.objects.create(
+        account=account, mode=mode, remaining=remaining, total=total, window_seconds=7200,
+        resets_at=resets, cooldown_until=resets if cooling else None, synced_at=now,
+    )
+
+
+def test_it_shows_quota_per_mode_and_the_next_reset(client_alice: Client, accounts) -> None:
+    from django.utils.formats import date_format
+
+    a, _ = accounts
+    quota(a, "expert", 0, 50, resets_in=3600, cooling=True)
+    quota(a, "fast", 130, 140, resets_in=7200)
+    page = html(client_alice.get(CHANGELIST))
+    assert "fast 130/140" in page
+    assert "expert 0/50 cooling" in page
+    assert page.index("fast 130/140") < page.index("expert 0/50")  # mode order, not alphabetical
+    assert "&lt;" not in page  # markup is markup, not escaped text
+    first_reset = a.quotas.get(mode="expert").resets_at
+    assert date_format(timezone.localtime(first_reset), "DATETIME_FORMAT") in page
+    assert "not synced" in page  # b
+    assert_no_secrets(page)
+    change = html(client_alice.get(f"{CHANGELIST}{a.pk}/change/"))
+    assert "fast 130/140" in change and "Next reset" in change
+
+
+def test_the_list_costs_the_same_queries_for_any_number_of_rows(client_alice: Client, accounts) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            html(client_alice.get(CHANGELIST))
+        return len(queries)
+
+    for account in accounts:
+        quota(account, "fast", 1, 140, resets_in=60)
+    few = count()
+    for i in range(20):
+        extra = Account.objects.create(token=f"eyJmany{i:03d}secretsecretsecret", tier="super")
+        for mode in ("fast", "auto", "expert"):
+            quota(extra, mode, 5, 50, resets_in=600)
+    assert count() == few
+
+
+def test_it_filters_by_quota_cooling_and_proxy(client_alice: Client, accounts) -> None:
+    from pools.models import Proxy, ProxyHealth
+
+    a, b = accounts
+    c = Account.objects.create(token="eyJthirdaccountsecretsecret", tier="super")
+    quota(a, "fast", 10, 140, resets_in=600)
+    quota(a, "expert", 0, 50, resets_in=600, cooling=True)
+    quota(c, "fast", 0, 140, resets_in=-5, cooling=True)  # its window ended: the probe's turn
+    failed = Proxy.objects.create(url="http://user:pw@10.0.0.1:3128", health=ProxyHealth.FAILED)
+    Account.objects.filter(pk=c.pk).update(proxy=failed)
+
+    def shown(query: str) -> set[int]:
+        page = html(client_alice.get(f"{CHANGELIST}?{query}"))
+        assert_no_secrets(page)
+        return {x.pk for x in (a, b, c) if x.masked_token in page}
+
+    assert shown("quota=left") == {a.pk}
+    assert shown("quota=empty") == {a.pk, c.pk}
+    assert shown("quota=unknown") == {b.pk}
+    assert shown("cooling=now") == {a.pk, b.pk}  # a: one mode; b: the whole account
+    assert shown("cooling=over") == {c.pk}
+    assert shown("cooling=no") == set()
+    assert shown("proxy=none") == {a.pk, b.pk}
+    assert shown("proxy=bound") == shown("proxy=failed") == {c.pk}
+    assert "pw@" not in html(client_alice.get(f"{CHANGELIST}?proxy=bound"))  # the proxy password stays masked

@@ -1,3 +1,3 @@
 """The operator UI for pools: one module per model family, registered on import."""
 
-from pools.admin import accounts, runtime  # noqa: F401
+from pools.admin import accounts, jobs, proxies, runtime  # noqa: F401

@@ -1,0 +1,90 @@
+"""Recovery probes: nothing stays "limited" after its window has passed.
+
+The periodic job `recovery_probe` (every `recovery_probe_interval` seconds) asks
+Grok's rate-limits again for
+
+- every mode whose cooldown has passed (`Quota.cooldown_until <= now`): the mode
+  comes back with its real counters, or its cooldown moves to the real reset;
+- every account still marked cooling after its window (a cooldown leasing set
+  without naming a mode): its tier's modes are synced, which puts it back or
+  extends its cooldown;
+- with `probe_expired_accounts` on, every expired account: one that answers
+  200 is active again.
+
+A probe that fails (Grok or the network down) changes no cooldown; a cooldown
+that has passed already counts as usable for leasing, so a failing probe never
+keeps an account out longer than its window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.db.models import Q
+from django.utils import timezone
+
+from pools.jobs import periodic
+from pools.models import Account, Quota, Status
+from pools.quotas import RefreshResult, refresh_many
+from pools.settings import aget_runtime
+
+
+@dataclass
+class ProbePlan:
+    """Which accounts to probe, and for which modes (None: every mode of the tier)."""
+
+    modes: dict[int, tuple[str, ...] | None] = field(default_factory=dict)
+    cooled_modes: int = 0
+    expired: set[int] = field(default_factory=set)
+
+
+def plan_probes(now: datetime, *, include_expired: bool) -> ProbePlan:
+    plan = ProbePlan()
+    in_rotation = [Status.ACTIVE, Status.COOLING]
+    rows = (
+        Quota.objects.filter(cooldown_until__lte=now, account__status__in=in_rotation)
+        .order_by("account_id", "mode")
+        .values_list("account_id", "mode")
+    )
+    for account_id, mode in rows:
+        plan.modes[account_id] = (*(plan.modes.get(account_id) or ()), mode)
+        plan.cooled_modes += 1
+    ended = Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now)
+    for account_id in Account.objects.filter(ended, status=Status.COOLING).values_list("id", flat=True):
+        plan.modes[account_id] = None  # the whole tier: the account-level cooldown names no mode
+    if include_expired:
+        for account_id in Account.objects.filter(status=Status.EXPIRED).values_list("id", flat=True):
+            plan.modes[account_id] = None
+            plan.expired.add(account_id)
+    return plan
+
+
+def describe(plan: ProbePlan, results: list[RefreshResult]) -> str:
+    back = sum(1 for r in results if r.ok and r.account_id not in plan.expired and not r.cooled_until)
+    still = sum(1 for r in results if r.cooled_until)
+    failed = sum(1 for r in results if not r.ok and r.account_id not in plan.expired)
+    parts = [
+        f"probed {len(results) - len(plan.expired)} cooled account(s) ({plan.cooled_modes} mode(s) past their window)",
+        f"{back} in service",
+        f"{still} still out of quota",
+    ]
+    if failed:
+        parts.append(f"{failed} probe(s) failed")
+    if plan.expired:
+        revived = sum(1 for r in results if r.revived)
+        parts.append(f"{revived} of {len(plan.expired)} expired account(s) back")
+    return ", ".join(parts)
+
+
+@periodic("recovery_probe", interval=lambda rt: rt.recovery_probe_interval)
+async def recovery_probe_job() -> str:
+    runtime = await aget_runtime()
+    plan = await sync_to_async(plan_probes, thread_sensitive=True)(
+        timezone.now(), include_expired=runtime.probe_expired_accounts
+    )
+    if not plan.modes:
+        return "nothing to probe"
+    results = await refresh_many(list(plan.modes), plan.modes)
+    return describe(plan, results)

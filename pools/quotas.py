@@ -1,0 +1,332 @@
+"""Quota per account and mode, as Grok's `POST /rest/rate-limits` reports it (protocol §8).
+
+`refresh_account(account_id, modes=None)` asks for each mode the account's tier
+can use (basic: fast; super: fast, auto, expert; heavy: those and heavy) and
+stores what Grok said in `pools.Quota`, one row per (account, mode):
+
+- remaining > 0: the mode is in service; a cooldown on it, passed or not, ends
+  (this is how a cooled mode comes back: the recovery probe calls it);
+- remaining == 0: the mode cools down until its window resets
+  (`resets_at` = now + `windowSizeSeconds`).
+
+The account row follows its modes: when every mode of its tier is at zero it
+cools down until the first of them resets; a cooling account with a mode that
+has quota again is put back in rotation; an expired account that answers again
+is active again (the opt-in expired-account probe relies on it). A 401 counts a
+failure and expires the account at `auth_failure_threshold` failures in a row,
+as leasing does; `blocked-user` disables it as banned; a Cloudflare refusal is
+reported against the proxy, not the account. Nothing here raises for an
+upstream error: it lands on the account's `last_error` and in the result.
+
+Local debits between syncs are the leasing code's; this module only syncs.
+The periodic job `quota_refresh` refreshes accounts whose rows are stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from gateway.upstream import (
+    GrokClient,
+    UpstreamAuthError,
+    UpstreamBanned,
+    UpstreamBlocked,
+    UpstreamError,
+    UpstreamProxyFailed,
+)
+from pools import proxies
+from pools.jobs import periodic
+from pools.models import Account, Quota, Status, Tier
+from pools.settings import Runtime, aget_runtime
+
+logger = logging.getLogger(__name__)
+
+MODES_BY_TIER: dict[str, tuple[str, ...]] = {
+    Tier.BASIC: ("fast",),
+    Tier.SUPER: ("fast", "auto", "expert"),
+    Tier.HEAVY: ("fast", "auto", "expert", "heavy"),
+}
+MODE_ORDER = {"fast": 0, "auto": 1, "expert": 2, "heavy": 3}
+CONCURRENCY = 8  # accounts probed at once
+BATCH = 50  # accounts read and probed per round of a refresh
+STALE_FRACTION = 0.9  # a row synced 0.9 interval ago is refreshed now rather than a whole interval late
+PROBE_ERROR = "rate-limits probe"  # prefix of the errors this module writes on an account
+
+
+class QuotaParseError(ValueError):
+    """A rate-limits answer without the counters of either known shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One mode's counters: `total` and `window` are None when Grok did not say."""
+
+    remaining: int
+    total: int | None
+    window: int | None
+
+
+def parse_rate_limits(body: Any) -> Reading:
+    """(remaining, total, window) from either shape of §8.1.
+
+    Current: `remainingQueries` / `totalQueries` / `windowSizeSeconds`. Older:
+    `remainingTokens` / `totalTokens`. The fake answers the union; the current
+    fields win when both are there. A total of 0 or less means "unknown".
+    """
+    if not isinstance(body, dict):
+        raise QuotaParseError("rate-limits answer is not a JSON object")
+    remaining = _first_count(body, "remainingQueries", "remainingTokens")
+    if remaining is None:
+        raise QuotaParseError("rate-limits answer has neither remainingQueries nor remainingTokens")
+    total = _first_count(body, "totalQueries", "totalTokens")
+    window = _first_count(body, "windowSizeSeconds")
+    return Reading(
+        remaining=max(remaining, 0),
+        total=total if total and total > 0 else None,
+        window=window if window and window > 0 else None,
+    )
+
+
+def _first_count(body: dict, *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value.strip())
+    return None
+
+
+@dataclass
+class RefreshResult:
+    """What one `refresh_account` call learnt and did."""
+
+    account_id: int
+    readings: dict[str, Reading] = field(default_factory=dict)
+    error: str = ""
+    kind: str = "ok"  # ok | auth | banned | blocked | error | missing
+    revived: bool = False  # was expired, answers again
+    resumed: bool = False  # was cooling, a mode has quota again
+    cooled_until: datetime | None = None  # every mode at zero: cooling until then
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def modes_for(tier: str) -> tuple[str, ...]:
+    return MODES_BY_TIER.get(tier, MODES_BY_TIER[Tier.BASIC])
+
+
+async def refresh_account(account_id: int, modes: Iterable[str] | None = None) -> RefreshResult:
+    """Sync the account's quota for `modes` (default: every mode its tier can use). Never raises for upstream errors."""
+    account = await Account.objects.filter(pk=account_id).only("id", "token", "tier", "status").afirst()
+    if account is None:
+        return RefreshResult(account_id, kind="missing", error="the account no longer exists")
+    wanted = tuple(modes) if modes else modes_for(account.tier)
+    runtime = await aget_runtime()
+    result = RefreshResult(account_id)
+    failure: Exception | None = None
+    choice = None
+    try:
+        choice = await proxies.proxy_for(account_id)
+        client = GrokClient(proxies.client_config(runtime, choice))
+        for mode in wanted:
+            result.readings[mode] = parse_rate_limits(await client.rate_limits(account.token, mode))
+    except (UpstreamError, QuotaParseError, proxies.ProxyError) as exc:
+        failure = exc
+    except Exception as exc:  # a bug must not stop a job's other accounts; it still shows on the account
+        logger.exception("rate-limits probe of %s failed unexpectedly", account.masked_token)
+        failure = exc
+    if failure is not None:
+        result.kind, result.error = _describe(failure)
+        if isinstance(failure, UpstreamBlocked | UpstreamProxyFailed):
+            await proxies.report_blocked(choice, str(failure))
+    changes = await sync_to_async(_store, thread_sensitive=True)(
+        account_id, result.readings, failure, result.error, timezone.now(), runtime
+    )
+    result.revived, result.resumed, result.cooled_until = changes
+    if failure is not None:
+        logger.info("quota refresh of %s: %s", account.masked_token, result.error)
+    return result
+
+
+def _describe(exc: Exception) -> tuple[str, str]:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, UpstreamBanned):
+        return "banned", text
+    if isinstance(exc, UpstreamAuthError):
+        return "auth", "Grok rejected the token (HTTP 401)"
+    if isinstance(exc, UpstreamBlocked | UpstreamProxyFailed | proxies.ProxyError):
+        return "blocked", text
+    if isinstance(exc, UpstreamError | QuotaParseError):
+        return "error", text
+    return "error", f"{type(exc).__name__}: {text}"
+
+
+def _store(
+    account_id: int,
+    readings: dict[str, Reading],
+    failure: Exception | None,
+    error: str,
+    now: datetime,
+    runtime: Runtime,
+) -> tuple[bool, bool, datetime | None]:
+    """Write the readings and what they mean for the account, in one transaction."""
+    revived = resumed = False
+    cooled_until = None
+    with transaction.atomic():
+        account = Account.objects.filter(pk=account_id).first()
+        if account is None:
+            return revived, resumed, cooled_until
+        for mode, reading in readings.items():
+            resets_at = now + timedelta(seconds=reading.window) if reading.window else None
+            cooldown = None
+            if reading.remaining <= 0:
+                cooldown = resets_at or now + timedelta(seconds=runtime.cooldown_seconds)
+            Quota.objects.update_or_create(
+                account_id=account_id,
+                mode=mode,
+                defaults={
+                    "remaining": reading.remaining,
+                    "total": reading.total,
+                    "window_seconds": reading.window,
+                    "resets_at": resets_at,
+                    "cooldown_until": cooldown,
+                    "synced_at": now,
+                },
+            )
+        if failure is not None:
+            _record_failure(account, failure, error, runtime)
+            if not readings:
+                return revived, resumed, cooled_until
+        elif account.failure_count or account.last_error:
+            account.mark_success()  # the token answered: failures in a row end here
+        if account.status == Status.EXPIRED:
+            if failure is not None:
+                return revived, resumed, cooled_until
+            account.enable()
+            revived = True
+        if account.status == Status.DISABLED:
+            return revived, resumed, cooled_until
+        cooled_until = _all_modes_cooling_until(account, now)
+        if cooled_until is not None:
+            account.cool_down(cooled_until, "no quota left in any mode until the first window resets")
+        elif account.status == Status.COOLING and any(r.remaining > 0 for r in readings.values()):
+            account.enable()
+            resumed = True
+    return revived, resumed, cooled_until
+
+
+def _record_failure(account: Account, failure: Exception, error: str, runtime: Runtime) -> None:
+    reason = f"{PROBE_ERROR}: {error}"
+    if isinstance(failure, UpstreamBanned):
+        if account.status != Status.DISABLED:
+            account.disable(f"banned: {error}")
+    elif isinstance(failure, UpstreamAuthError):
+        if account.status == Status.EXPIRED:
+            return  # still expired: no new information
+        # As leasing counts a 401 (`pools.leasing.outcomes`): expired at the threshold, never a disabled one.
+        at_threshold = account.failure_count + 1 >= max(1, runtime.auth_failure_threshold)
+        if at_threshold and account.status != Status.DISABLED:
+            account.mark_expired(f"expired: {reason}")
+        else:
+            account.record_failure(reason)
+    else:
+        # Not the account's fault (proxy, network, Grok down): shown, not counted.
+        Account.objects.filter(pk=account.pk).update(last_error=reason[:500])
+
+
+def _all_modes_cooling_until(account: Account, now: datetime) -> datetime | None:
+    """When every mode of the account's tier is known to be at zero: the first reset among them."""
+    modes = modes_for(account.tier)
+    rows = list(Quota.objects.filter(account_id=account.pk, mode__in=modes).values_list("remaining", "cooldown_until"))
+    if len(rows) < len(modes):
+        return None
+    if any(remaining is None or remaining > 0 or until is None or until <= now for remaining, until in rows):
+        return None
+    return min(until for _, until in rows)
+
+
+async def refresh_many(
+    account_ids: Sequence[int],
+    modes_by_account: dict[int, tuple[str, ...] | None] | None = None,
+    *,
+    on_batch: Callable[[list[RefreshResult]], Awaitable[None]] | None = None,
+) -> list[RefreshResult]:
+    """Refresh accounts `CONCURRENCY` at a time, `BATCH` per round; `on_batch` sees each round's results."""
+    limit = asyncio.Semaphore(CONCURRENCY)
+    modes_by_account = modes_by_account or {}
+
+    async def one(account_id: int) -> RefreshResult:
+        async with limit:
+            return await refresh_account(account_id, modes_by_account.get(account_id))
+
+    results: list[RefreshResult] = []
+    for start in range(0, len(account_ids), BATCH):
+        batch = await asyncio.gather(*(one(pk) for pk in account_ids[start : start + BATCH]))
+        results.extend(batch)
+        if on_batch is not None:
+            await on_batch(batch)
+    return results
+
+
+def stale_accounts(interval: float, now: datetime) -> list[int]:
+    """Accounts in rotation with a mode of their tier never synced, or synced over ~`interval` ago."""
+    cutoff = now - timedelta(seconds=interval * STALE_FRACTION)
+    fresh = {
+        mode: Count("quotas", filter=Q(quotas__mode=mode, quotas__synced_at__gte=cutoff)) for mode in MODE_ORDER
+    }
+    rows = (
+        Account.objects.filter(status__in=[Status.ACTIVE, Status.COOLING])
+        .annotate(**{f"fresh_{mode}": count for mode, count in fresh.items()})
+        .order_by("id")
+        .values("id", "tier", *(f"fresh_{mode}" for mode in MODE_ORDER))
+    )
+    return [row["id"] for row in rows if any(not row[f"fresh_{mode}"] for mode in modes_for(row["tier"]))]
+
+
+def summarize(results: list[RefreshResult]) -> str:
+    """`refreshed 12 accounts, 1 failed (1 expired)`-style counts for job messages and the admin."""
+    failed = [r for r in results if not r.ok]
+    text = f"refreshed {len(results) - len(failed)} account{'s' if len(results) - len(failed) != 1 else ''}"
+    if failed:
+        kinds: dict[str, int] = {}
+        for r in failed:
+            kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        text += f", {len(failed)} failed ({', '.join(f'{n} {KIND_WORDS.get(k, k)}' for k, n in kinds.items())})"
+    cooling = sum(1 for r in results if r.cooled_until)
+    if cooling:
+        text += f"; {cooling} out of quota in every mode"
+    return text
+
+
+KIND_WORDS = {
+    "auth": "rejected (401)",
+    "banned": "banned",
+    "blocked": "refused by Cloudflare or the proxy",
+    "error": "errors",
+    "missing": "no longer exist",
+}
+
+
+@periodic("quota_refresh", interval=lambda rt: rt.quota_refresh_interval)
+async def quota_refresh_job() -> str:
+    """Refresh every account whose quota rows are stale (or missing)."""
+    runtime = await aget_runtime()
+    ids = await sync_to_async(stale_accounts, thread_sensitive=True)(runtime.quota_refresh_interval, timezone.now())
+    if not ids:
+        return "every account is fresh"
+    return summarize(await refresh_many(ids))
