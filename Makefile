@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 FAKE_PORT ?= 8010
 
-.PHONY: setup setup-dev run demo test lint fakegrok clean
+.PHONY: setup setup-dev run demo test lint fakegrok bench bench-full profile clean
 
 # Runtime dependencies + database migrations.
 setup: $(VENV)/.base-installed
@@ -46,6 +46,21 @@ test: setup-dev
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true
+
+$(VENV)/.bench-installed: $(VENV)/.base-installed requirements/bench.txt
+	$(PIP) install -q --disable-pip-version-check -r requirements/bench.txt
+	touch $@
+
+# The gateway against the fake Grok hit directly; rewrites docs/benchmarks.md (quick: under 2 minutes).
+bench: setup $(VENV)/.bench-installed
+	$(PY) -m bench.run --quick
+
+bench-full: setup $(VENV)/.bench-installed
+	$(PY) -m bench.run --full
+
+# py-spy flame graph of the gateway under load, into bench/results/.
+profile: setup $(VENV)/.bench-installed
+	$(PY) -m bench.profile
 
 clean:
 	rm -rf $(VENV) staticfiles data/test.sqlite3*
