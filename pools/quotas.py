@@ -25,6 +25,7 @@ The periodic job `quota_refresh` refreshes accounts whose rows are stale.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -330,3 +331,48 @@ async def quota_refresh_job() -> str:
     if not ids:
         return "every account is fresh"
     return summarize(await refresh_many(ids))
+
+
+# --- after a 429 that named no window ---------------------------------------------
+
+_followups: set[asyncio.Task] = set()  # referenced until done, so none is collected mid-flight
+
+
+def learn_reset_soon(account_id: int, mode: str) -> None:
+    """Ask Grok in the background when this mode's window resets, after a 429 without `Retry-After`.
+
+    The 429 already cooled the mode for `cooldown_seconds`; if Grok's rate-limits say the
+    quota is spent, the cooldown is stretched to the real reset. It is never shortened:
+    the 429 is what Grok said last.
+    """
+    task = asyncio.get_running_loop().create_task(_learn_reset(account_id, mode), context=contextvars.Context())
+    _followups.add(task)
+    task.add_done_callback(_followups.discard)
+
+
+async def wait_followups() -> None:
+    """Tests: wait for the background follow-ups started so far."""
+    while _followups:
+        await asyncio.gather(*list(_followups), return_exceptions=True)
+
+
+async def _learn_reset(account_id: int, mode: str) -> None:
+    try:
+        account = await Account.objects.filter(pk=account_id).only("id", "token").afirst()
+        if account is None:
+            return
+        runtime = await aget_runtime()
+        choice = await proxies.proxy_for(account_id)
+        client = GrokClient(proxies.client_config(runtime, choice))
+        reading = parse_rate_limits(await client.rate_limits(account.token, mode))
+    except Exception as exc:  # a follow-up only improves a cooldown that is already in place
+        logger.info("could not learn when %s resets after a 429: %s", mode, exc)
+        return
+    if reading.remaining > 0 or not reading.window:
+        return
+    now = timezone.now()
+    resets_at = now + timedelta(seconds=reading.window)
+    await Quota.objects.filter(account_id=account_id, mode=mode).filter(
+        Q(cooldown_until__isnull=True) | Q(cooldown_until__lt=resets_at)
+    ).aupdate(cooldown_until=resets_at, resets_at=resets_at, remaining=0, total=reading.total,
+              window_seconds=reading.window, synced_at=now)

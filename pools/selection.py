@@ -141,6 +141,10 @@ class Lease:
         _settling.add(settling)
         settling.add_done_callback(_settling.discard)
         await asyncio.shield(settling)
+        if outcome is Outcome.RATE_LIMITED and not retry_after:
+            from pools import quotas  # quotas reaches Grok through gateway.upstream: import late
+
+            quotas.learn_reset_soon(self.account_id, self.mode)
 
     async def _settle(self, outcome: Outcome, reason: str, retry_after: float | None) -> None:
         backend = self._backend or leasing.backend()

@@ -273,3 +273,39 @@ async def test_the_refresh_job_syncs_only_stale_accounts(gateway, fake_grok) -> 
     assert tokens == {"refresh-never-1", "refresh-old-1"}
     assert (await quotas(old))["expert"].remaining == 140
     assert await sync_to_async(stale_accounts)(interval, timezone.now()) == []
+
+
+async def test_a_429_without_retry_after_learns_the_real_reset(gateway, fake_grok) -> None:
+    from pools.quotas import wait_followups
+
+    await Account.objects.acreate(token="limit-1", tier="basic")
+    fake_grok.set_quota("limit-1", "fast", 0, 140, 5400)
+    held = await selection.lease(get_model("grok-chat-fast"))
+    await held.release(selection.Outcome.RATE_LIMITED, reason="usage limit")
+    await wait_followups()
+    quota = await Quota.objects.aget(account__token="limit-1", mode="fast")
+    assert 5300 < (quota.cooldown_until - timezone.now()).total_seconds() <= 5400
+    assert quota.remaining == 0 and quota.window_seconds == 5400
+
+
+async def test_a_429_with_retry_after_is_taken_at_its_word(gateway, fake_grok) -> None:
+    from pools.quotas import wait_followups
+
+    await Account.objects.acreate(token="limit-2", tier="basic")
+    held = await selection.lease(get_model("grok-chat-fast"))
+    await held.release(selection.Outcome.RATE_LIMITED, reason="429", retry_after=30)
+    await wait_followups()
+    quota = await Quota.objects.aget(account__token="limit-2", mode="fast")
+    assert (quota.cooldown_until - timezone.now()).total_seconds() <= 30
+    assert not [r for r in fake_grok.requests("limit-2") if r.path == "/rest/rate-limits"]
+
+
+async def test_a_429_followup_never_shortens_the_cooldown(gateway, fake_grok) -> None:
+    from pools.quotas import wait_followups
+
+    await Account.objects.acreate(token="limit-3", tier="basic")
+    held = await selection.lease(get_model("grok-chat-fast"))
+    await held.release(selection.Outcome.RATE_LIMITED, reason="usage limit")  # Grok still reports quota left
+    await wait_followups()
+    quota = await Quota.objects.aget(account__token="limit-3", mode="fast")
+    assert quota.cooldown_until > timezone.now()
