@@ -143,3 +143,12 @@ def _forget_runtime():
     from pools.settings import forget_runtime
 
     forget_runtime()
+
+
+@pytest.fixture
+def farm():
+    """Real forward proxies on loopback (`tests/proxy_server.py`): `farm.proxy("a")`, `farm.block("a")`…"""
+    from tests.proxy_server import ProxyFarm
+
+    with ProxyFarm() as running:
+        yield running

@@ -287,3 +287,8 @@ class ProxyFarm:
 def via(request_headers: dict[str, str]) -> str | None:
     """Which test proxy carried a request the fake recorded (None: it came direct)."""
     return request_headers.get("x-via-proxy")
+
+
+def chat_routes(fake_grok, token: str) -> list[str | None]:
+    """Which proxy carried each chat request of `token`, as the fake recorded them (None: direct)."""
+    return [via(r.headers) for r in fake_grok.requests(token) if r.path.endswith("/conversations/new")]

@@ -10,22 +10,12 @@ from django.test import Client
 from django.utils import timezone
 
 from pools.models import Account, Status
+from tests.browser import admin_page, needs_chromium
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzZXNzaW9uX2lkIjoiYWxpY2UifQ.Zm9vYmFyYmF6cXV4c2VjcmV0"
 OTHER = "eyJhbGciOiJIUzI1NiJ9.eyJzZXNzaW9uX2lkIjoiYm9iIn0.c2Vjb25kc2VjcmV0dG9rZW5i"
 NEW = "eyJhbGciOiJIUzI1NiJ9.eyJzZXNzaW9uX2lkIjoiY2hhcmxpZSJ9.bmV3c2VjcmV0dG9rZW5j"
 CHANGELIST = "/admin/pools/account/"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -203,37 +193,24 @@ def test_it_does_not_echo_a_refused_token(client_alice: Client, accounts) -> Non
     assert Account.objects.count() == 2
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (`make` installs it)")
+@needs_chromium
 @pytest.mark.django_db(transaction=True)
 def test_it_shows_masked_tokens_in_a_real_browser(live_server, tmp_path: Path, django_user_model) -> None:
     # Sync on purpose: Playwright's sync API refuses to run inside an asyncio loop.
-    from playwright.sync_api import sync_playwright
-
     django_user_model.objects.create_superuser("alice", "alice@example.org", "alice-password")
     account = Account.objects.create(token=TOKEN, tier="super", note="browser check")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{live_server.url}/admin/login/?next={CHANGELIST}")
-            page.fill("#id_username", "alice")
-            page.fill("#id_password", "alice-password")
-            page.click("input[type=submit]")
-            page.wait_for_url(f"{live_server.url}{CHANGELIST}")
+    with admin_page(live_server.url, CHANGELIST, "alice", "alice-password") as page:
+        rows = page.locator("#result_list tbody tr")
+        assert rows.count() == 1
+        assert rows.first.get_by_text(account.masked_token).is_visible()
+        assert rows.first.get_by_text("browser check").is_visible()
+        assert_no_secrets(page.content())
 
-            rows = page.locator("#result_list tbody tr")
-            assert rows.count() == 1
-            assert rows.first.get_by_text(account.masked_token).is_visible()
-            assert rows.first.get_by_text("browser check").is_visible()
-            assert_no_secrets(page.content())
-
-            shot = tmp_path / "accounts.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"screenshot: {shot}")
-            assert shot.stat().st_size > 1000
-        finally:
-            browser.close()
+        shot = tmp_path / "accounts.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
+        assert shot.stat().st_size > 1000
 
 
 # --- quota, filters ----------------------------------------------------------------------

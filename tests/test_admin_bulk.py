@@ -15,7 +15,8 @@ from pools import background, bulk
 from pools.importing import parse_tokens
 from pools.jobs import run_job
 from pools.models import Account, BulkTask, JobRun, Quota, Status
-from tests.test_admin_accounts import CHROMIUM, CHROMIUM_ARGS, assert_no_secrets
+from tests.browser import admin_page, needs_chromium
+from tests.test_admin_accounts import assert_no_secrets
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -334,42 +335,29 @@ def test_no_admin_page_shows_a_whole_token(alice: Client, gateway, fake_grok) ->
 # --- a real browser ----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (`make` installs it)")
+@needs_chromium
 @pytest.mark.django_db(transaction=True)
 def test_it_imports_pasted_tokens_in_a_real_browser(live_server, tmp_path: Path, django_user_model) -> None:
-    from playwright.sync_api import sync_playwright
-
     django_user_model.objects.create_superuser("alice", "alice@example.org", "alice-password")
     # Playwright's sync API runs an event loop in this thread: no ORM calls inside the block.
     masked = [Account(token=token).masked_token for token in (T1, T2)]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{live_server.url}/admin/login/?next={CHANGELIST}")
-            page.fill("#id_username", "alice")
-            page.fill("#id_password", "alice-password")
-            page.click("input[type=submit]")
-            page.wait_for_url(f"{live_server.url}{CHANGELIST}")
+    with admin_page(live_server.url, CHANGELIST, "alice", "alice-password") as page:
+        page.click("text=Import tokens")
+        page.wait_for_url(f"{live_server.url}{IMPORT}")
+        page.fill("#id_text", f"{T1}\nsso={T2}\n# a comment\n{T1}\n")
+        page.select_option("#id_tier", "super")
+        page.click("input[name=_import]")
+        page.wait_for_url(f"{live_server.url}{CHANGELIST}")
 
-            page.click("text=Import tokens")
-            page.wait_for_url(f"{live_server.url}{IMPORT}")
-            page.fill("#id_text", f"{T1}\nsso={T2}\n# a comment\n{T1}\n")
-            page.select_option("#id_tier", "super")
-            page.click("input[name=_import]")
-            page.wait_for_url(f"{live_server.url}{CHANGELIST}")
-
-            assert page.locator("ul.messagelist li").inner_text() == (
-                "Imported 2, skipped 1 duplicate, 0 invalid."
-            )
-            rows = page.locator("#result_list tbody tr")
-            assert rows.count() == 2
-            for shown in masked:
-                assert rows.get_by_text(shown).is_visible()
-            assert_no_secrets(page.content(), *SECRETS)
-            shot = tmp_path / "imported.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 1000
-        finally:
-            browser.close()
+        assert page.locator("ul.messagelist li").inner_text() == (
+            "Imported 2, skipped 1 duplicate, 0 invalid."
+        )
+        rows = page.locator("#result_list tbody tr")
+        assert rows.count() == 2
+        for shown in masked:
+            assert rows.get_by_text(shown).is_visible()
+        assert_no_secrets(page.content(), *SECRETS)
+        shot = tmp_path / "imported.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 1000
     assert set(Account.objects.values_list("tier", flat=True)) == {"super"}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from pools.models import Account, Proxy
-from tests.proxy_server import ProxyFarm
 
 pytestmark = pytest.mark.timeout(60)
 CHANGELIST = "/admin/pools/proxy/"
@@ -29,12 +26,6 @@ def client_alice(django_user_model) -> Client:
     client = Client()
     assert client.login(username="alice", password="alice-password")
     return client
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
 
 
 @pytest.fixture

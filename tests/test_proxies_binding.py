@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,11 @@ from django.conf import settings
 
 from pools import proxies
 from pools.models import Account, Proxy
-from tests.proxy_server import ProxyFarm, via
+from tests.proxy_server import chat_routes
 
 pytestmark = pytest.mark.timeout(60)
 HI = [{"role": "user", "content": "hi"}]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
-
-
-def _routes(fake_grok, token: str) -> list[str | None]:
-    return [via(r.headers) for r in fake_grok.requests(token) if r.path.endswith("/conversations/new")]
 
 
 def test_it_keeps_each_account_on_its_proxy_across_requests(client, pool, fake_grok, runtime, farm):
@@ -41,7 +30,7 @@ def test_it_keeps_each_account_on_its_proxy_across_requests(client, pool, fake_g
     for _ in range(6):
         client.chat.completions.create(model="grok-chat-fast", messages=HI)
 
-    one, two = _routes(fake_grok, "good-1"), _routes(fake_grok, "good-2")
+    one, two = chat_routes(fake_grok, "good-1"), chat_routes(fake_grok, "good-2")
     assert len(one) == 3 and len(two) == 3
     assert len(set(one)) == 1 and len(set(two)) == 1  # sticky
     assert set(one) != set(two)  # spread: fewest bound accounts first

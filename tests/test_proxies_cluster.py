@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
 from tests.multiworker import Cluster
-from tests.proxy_server import ProxyFarm, via
+from tests.proxy_server import chat_routes
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
 
 
 def _ask(cluster: Cluster, worker: int) -> None:
     reply = httpx.post(cluster.urls[worker] + "/v1/chat/completions", headers=cluster.headers, timeout=30, json={
         "model": "grok-chat-fast", "messages": [{"role": "user", "content": "hi"}]})
     assert reply.status_code == 200, reply.text
-
-
-def _routes(fake_grok, token: str) -> list[str | None]:
-    return [via(r.headers) for r in fake_grok.requests(token) if r.path.endswith("/conversations/new")]
 
 
 def test_two_workers_share_bindings_and_proxy_failures(fake_grok, farm):
@@ -46,7 +34,7 @@ def test_two_workers_share_bindings_and_proxy_failures(fake_grok, farm):
 
         for i in range(8):  # alternate workers: each account keeps its proxy whichever worker serves it
             _ask(cluster, i % 2)
-        one, two = _routes(fake_grok, "mw-good-1"), _routes(fake_grok, "mw-good-2")
+        one, two = chat_routes(fake_grok, "mw-good-1"), chat_routes(fake_grok, "mw-good-2")
         assert len(set(one)) == 1 and len(set(two)) == 1 and set(one) != set(two), (one, two)
         assert len(one) + len(two) == 8
 
@@ -56,7 +44,7 @@ def test_two_workers_share_bindings_and_proxy_failures(fake_grok, farm):
             _ask(cluster, i % 2)
 
         assert first.refused() == 1  # the worker that hit it marked it failed; the other never tried it
-        assert set(_routes(fake_grok, "mw-good-1") + _routes(fake_grok, "mw-good-2")) == {"second"}
+        assert set(chat_routes(fake_grok, "mw-good-1") + chat_routes(fake_grok, "mw-good-2")) == {"second"}
         assert cluster.sql("select health from pools_proxy where url = %s", (first.url,)) == [("failed",)]
         bound = cluster.sql("select distinct p.url from pools_account a join pools_proxy p on a.proxy_id = p.id")
         assert bound == [(second.url,)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 from asgiref.sync import async_to_sync
@@ -13,16 +11,10 @@ from pools import proxies
 from pools.jobs import JOBS
 from pools.models import Account, Proxy
 from pools.settings import aget_runtime
-from tests.proxy_server import ProxyFarm, via
+from tests.proxy_server import via
 
 pytestmark = pytest.mark.timeout(60)
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
 
 
 def check(ids: list[int] | None = None) -> proxies.HealthReport:

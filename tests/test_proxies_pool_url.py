@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 from asgiref.sync import async_to_sync
@@ -13,20 +11,10 @@ from pools import proxies
 from pools.jobs import JOBS
 from pools.models import Proxy
 from pools.settings import aget_runtime
-from tests.proxy_server import ProxyFarm, via
+from tests.proxy_server import chat_routes
 
 pytestmark = pytest.mark.timeout(60)
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
-
-
-def _routes(fake_grok, token: str) -> list[str | None]:
-    return [via(r.headers) for r in fake_grok.requests(token) if r.path.endswith("/conversations/new")]
 
 
 def test_it_fetches_a_proxy_from_the_pool_url_and_keeps_using_it(client, pool, fake_grok, runtime, farm):
@@ -40,7 +28,7 @@ def test_it_fetches_a_proxy_from_the_pool_url_and_keeps_using_it(client, pool, f
         client.chat.completions.create(model="grok-chat-fast", messages=HI)
 
     assert endpoint.fetches == 1  # on first use; then the stored one serves every account
-    assert _routes(fake_grok, "good-1") + _routes(fake_grok, "good-2") == ["first"] * 3
+    assert chat_routes(fake_grok, "good-1") + chat_routes(fake_grok, "good-2") == ["first"] * 3
     [row] = Proxy.objects.all()
     assert (row.url, row.source, row.enabled, row.health) == (first.url, "pool_url", True, "ok")
 
@@ -55,7 +43,7 @@ def test_it_fetches_another_proxy_after_a_403(client, pool, fake_grok, runtime, 
 
     assert answer.choices[0].message.content == "You said: hi"
     assert endpoint.fetches == 2 and walled.refused() == 1
-    assert _routes(fake_grok, "good-1") == ["fresh"]
+    assert chat_routes(fake_grok, "good-1") == ["fresh"]
     blocked, current = Proxy.objects.get(url=walled.url), Proxy.objects.get(url=fresh.url)
     assert (blocked.health, blocked.enabled) == ("failed", False)  # failed, and retired from the pool
     assert (current.health, current.enabled, current.source) == ("ok", True, "pool_url")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 from curl_cffi import CurlECode
@@ -13,16 +11,10 @@ from curl_cffi.requests.exceptions import ProxyError, ReadTimeout, SSLError
 from gateway import upstream
 from gateway.upstream import UpstreamProxyFailed, UpstreamUnavailable
 from pools.models import Account, Proxy
-from tests.proxy_server import ProxyFarm, via
+from tests.proxy_server import via
 
 pytestmark = pytest.mark.timeout(30)
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
 
 
 def _chats(fake_grok, token: str) -> list:

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from pools.models import Proxy
 from tests.conftest import API_KEY
-from tests.proxy_server import ProxyFarm, via
+from tests.proxy_server import via
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
 
 
 def _stream(gateway: str, prompt: str) -> list[dict | str]:

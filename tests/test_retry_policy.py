@@ -7,7 +7,6 @@ the order of attempts does not depend on the leasing tie-breaks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import openai
 import pytest
@@ -25,16 +24,9 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from tests.proxy_server import ProxyFarm
 
 pytestmark = pytest.mark.timeout(60)
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def farm() -> Iterator[ProxyFarm]:
-    with ProxyFarm() as running:
-        yield running
 
 
 def _chats(fake_grok, token: str) -> int:
