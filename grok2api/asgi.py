@@ -17,13 +17,18 @@ if not settings.API_KEYS:
         settings.HOST, settings.PORT,
     )
 
+from grok2api.api_handler import ApiHandler, is_api  # noqa: E402
 from pools.jobs import ensure_scheduler  # noqa: E402
 
 _router = ProtocolTypeRouter({"http": django_app})
+_api = ApiHandler()  # /v1 and /health: the same URLs and views, a lean middleware chain
 
 
 async def application(scope: dict, receive, send) -> None:
-    # daphne sends no lifespan events: each worker starts its periodic jobs on its first request.
     if scope["type"] == "http":
+        # daphne sends no lifespan events: each worker starts its periodic jobs on its first request.
         ensure_scheduler()
+        if is_api(scope["path"]):
+            await _api(scope, receive, send)
+            return
     await _router(scope, receive, send)

@@ -37,3 +37,8 @@ def test_it_starts_with_every_value_of_env_example(tmp_path):
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_it_refuses_an_unknown_host_on_the_api_too(gateway):
+    response = httpx.get(gateway + "/v1/models", headers={"Host": "evil.example"})
+    assert response.status_code == 400
