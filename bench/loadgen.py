@@ -216,11 +216,19 @@ class Run:
         self.errors.update({f"status_{t.status_code}": 1 for t in held if t.status_code not in (0, 200)})
         self.errors["not_open"] += spec["concurrency"] - opened
         print(f"ready {opened}", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await _read_stdin_line()  # the harness says when it has measured the held streams
         for conn in self.connections:
             conn.abort()
         await asyncio.gather(*tasks, return_exceptions=True)
         return opened
+
+
+async def _read_stdin_line() -> bytes:
+    """One line from stdin without blocking the loop (the control pipe from bench.run)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return await reader.readline()
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
