@@ -152,3 +152,9 @@ def farm():
 
     with ProxyFarm() as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings) -> None:
+    # The default hasher spends most of a second on every login; no test is about hashing.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -18,12 +18,6 @@ NEW = "eyJhbGciOiJIUzI1NiJ9.eyJzZXNzaW9uX2lkIjoiY2hhcmxpZSJ9.bmV3c2VjcmV0dG9rZW5
 CHANGELIST = "/admin/pools/account/"
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings) -> None:
-    # The default hasher spends most of a second on every login; these tests check the admin.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_superuser("alice", "alice@example.org", "alice-password")

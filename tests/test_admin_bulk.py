@@ -29,11 +29,6 @@ SECRETS = (T1, T2, T3)
 
 
 @pytest.fixture(autouse=True)
-def fast_passwords(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _no_stray_threads():
     yield
     assert background.wait_idle(60), "a background task is still running"

@@ -15,11 +15,6 @@ PASSWORD = "hunter2-proxy-secret"
 CLEARANCE = "cf-clearance-9f8e7d6c5b4a39281706"
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def client_alice(django_user_model) -> Client:
     django_user_model.objects.create_superuser("alice", "alice@example.org", "alice-password")

@@ -19,8 +19,7 @@ ADMIN_URL = "/admin/pools/runtimesettings/"
 
 
 @pytest.fixture
-def admin_client(django_user_model, transactional_db, settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def admin_client(django_user_model, transactional_db):
     user = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
     browser = Client()
     browser.force_login(user)
