@@ -5,15 +5,28 @@ The admin needs sessions, CSRF, authentication, messages and static files; /v1 a
 built-in middleware runs its hooks through `sync_to_async` under ASGI, so the full
 chain costs several thread hops on every request and every streamed response. This
 handler keeps the request id and the host check, both async.
+
+It also leaves out what costs a thread per request in Django's own handler:
+`ThreadSensitiveContext` (each request's first thread-sensitive call would start an
+executor thread of its own, held while the answer streams) and the `request_started`
+/ `request_finished` signals and `response.close()` run through `sync_to_async`.
+Their receivers close stale database connections of the thread they run in; API
+views never touch the ORM on the event loop, and the one thread their
+`sync_to_async` calls share closes stale connections before its periodic work
+(`pools.usage`, `pools.background`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest, HttpResponseBase
+from django.urls import set_script_prefix
 from django.utils.decorators import async_only_middleware
 
 API_MIDDLEWARE = [
@@ -42,6 +55,59 @@ class ApiHandler(ASGIHandler):
             super().load_middleware(is_async)
         finally:
             settings.MIDDLEWARE = full
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Django's `ASGIHandler.handle`, without the signals and the thread hops (see the module doc)."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        try:
+            if request is None:
+                await self.send_response(error_response, send)
+                return
+            await self._serve(request, receive, send)
+        finally:
+            body_file.close()
+
+    async def _serve(self, request: HttpRequest, receive: Callable, send: Callable) -> None:
+        async def respond() -> None:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client left while the answer was going out
+            finally:
+                _close(response)
+
+        # A client that leaves cancels the view, and with it the upstream transfer.
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        responder = asyncio.create_task(respond())
+        try:
+            await asyncio.wait((listener, responder), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (listener, responder):
+                if not task.done():
+                    task.cancel()
+            results = await asyncio.gather(listener, responder, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, RequestAborted | asyncio.CancelledError
+            ):
+                raise result
+
+
+def _close(response: HttpResponseBase) -> None:
+    """`response.close()` minus the `request_finished` signal: free what the response holds."""
+    for closer in response._resource_closers:
+        with contextlib.suppress(Exception):  # as in Django's close(): one closer's failure must not stop the rest
+            closer()
+    response.closed = True
 
 
 def is_api(path: str) -> bool:
