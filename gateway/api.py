@@ -92,8 +92,8 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
         )
     aggregator = Aggregator()
     try:
-        async for piece in session.pieces():
-            if piece:
+        async for batch in session.batches():
+            for piece in batch or ():
                 aggregator.add(piece)
     finally:
         await session.close()
@@ -105,8 +105,9 @@ async def _sse(session: service.ChatSession, writer: ChunkWriter):
     try:
         yield writer.role()
         try:
-            async for piece in session.pieces():
-                yield writer.HEARTBEAT if piece is None else writer.piece(piece)
+            async for batch in session.batches():
+                # One write per batch: pieces that arrived together leave together.
+                yield writer.HEARTBEAT if batch is None else b"".join(map(writer.piece, batch))
         except OpenAIError as exc:
             yield writer.error(exc)
         yield writer.finish()

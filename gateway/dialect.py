@@ -7,13 +7,14 @@ The mgw WebSocket transport (protocol §3) becomes a second class with the same
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.frames import Event, FrameParser
-from gateway.upstream import GrokClient
+from gateway.upstream import GrokClient, LineStream
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +32,15 @@ class Budget:
     total: float
 
 
+class EventReader(Protocol):
+    async def read(self, wait: float | None) -> list[Event] | None:
+        """The events that arrived (at least one); [] once the answer has ended; None after `wait` seconds."""
+        ...
+
+
 class Dialect(Protocol):
-    def open(self, token: str, ask: ChatAsk, budget: Budget) -> AsyncIterator[AsyncIterator[list[Event]]]:
-        """An async context manager yielding one list of events per upstream frame."""
+    def open(self, token: str, ask: ChatAsk, budget: Budget) -> AsyncIterator[EventReader]:
+        """An async context manager yielding the answer's `EventReader`."""
         ...
 
 
@@ -84,17 +91,34 @@ class RestDialect:
         self.client = client
 
     @asynccontextmanager
-    async def open(self, token: str, ask: ChatAsk, budget: Budget) -> AsyncIterator[AsyncIterator[list[Event]]]:
+    async def open(self, token: str, ask: ChatAsk, budget: Budget) -> AsyncIterator[EventReader]:
         async with self.client.chat(
             token, rest_body(ask), first_byte_timeout=budget.first_byte, total_timeout=budget.total
         ) as lines:
-            yield _events(lines)
+            yield NdjsonEvents(lines)
 
 
-async def _events(lines: AsyncIterator[bytes]) -> AsyncIterator[list[Event]]:
-    parser = FrameParser()
-    async for line in lines:
-        yield parser.feed(line)
-    tail = parser.finish()
-    if tail:
-        yield tail
+class NdjsonEvents:
+    """The REST answer's NDJSON lines, parsed as they are read."""
+
+    __slots__ = ("_lines", "_parser")
+
+    def __init__(self, lines: LineStream) -> None:
+        self._lines = lines
+        self._parser = FrameParser()
+
+    async def read(self, wait: float | None) -> list[Event] | None:
+        loop = asyncio.get_running_loop()
+        deadline = None if wait is None else loop.time() + wait
+        while True:  # lines that carry nothing visible (metadata) do not count as an answer
+            left = None if deadline is None else max(deadline - loop.time(), 0)
+            lines = await self._lines.read(left)
+            if lines is None:
+                return None
+            if not lines:
+                return self._parser.finish()  # [] when nothing was held back
+            events: list[Event] = []
+            for line in lines:
+                events.extend(self._parser.feed(line))
+            if events:
+                return events

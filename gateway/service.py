@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack
 
 from django.conf import settings
 
-from gateway.dialect import Budget, ChatAsk, Dialect, RestDialect
+from gateway.dialect import Budget, ChatAsk, Dialect, EventReader, RestDialect
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.frames import Event, StreamError
 from gateway.models import ModelSpec
@@ -30,42 +30,31 @@ __all__ = ["ChatSession", "client_config", "open_chat", "to_openai"]
 
 logger = logging.getLogger(__name__)
 
-_END: list[Event] = []  # sentinel: the upstream stream ended
-
-
 class _Timed:
-    """Pulls frames under the three budgets; returns None as a heartbeat tick while waiting."""
+    """Reads events under the three budgets; None is a heartbeat tick while waiting, [] the end."""
 
-    def __init__(self, frames: AsyncIterator[list[Event]], budget: Budget, started: float) -> None:
-        self._frames = frames
+    __slots__ = ("_budget", "_deadline", "_events", "_loop", "_phase", "_total_deadline")
+
+    def __init__(self, events: EventReader, budget: Budget, started: float) -> None:
+        self._events = events
         self._budget = budget
         self._loop = asyncio.get_running_loop()
         self._total_deadline = started + budget.total
         self._deadline = started + budget.first_byte
         self._phase = "first_byte"
-        self._pending: asyncio.Task | None = None
-
-    async def _pull(self) -> list[Event]:
-        try:
-            return await anext(self._frames)
-        except StopAsyncIteration:
-            return _END
 
     async def next(self, tick: float | None = None) -> list[Event] | None:
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._pull())
         deadline = min(self._deadline, self._total_deadline)
         wait = deadline - self._loop.time()
         if tick is not None:
             wait = min(wait, tick)
-        done, _ = await asyncio.wait((self._pending,), timeout=max(wait, 0))
-        if not done:
-            if self._loop.time() >= deadline:
+        events = await self._events.read(max(wait, 0))
+        now = self._loop.time()
+        if events is None:
+            if now >= deadline:
                 raise self._timeout()
             return None
-        task, self._pending = self._pending, None
-        events = task.result()
-        self._deadline = self._loop.time() + self._budget.idle
+        self._deadline = now + self._budget.idle
         self._phase = "idle"
         return events
 
@@ -75,12 +64,6 @@ class _Timed:
         if self._phase == "first_byte":
             return UpstreamTimeout(f"Grok sent nothing for {self._budget.first_byte:g} s", phase="first_byte")
         return UpstreamTimeout(f"Grok went silent for {self._budget.idle:g} s mid-answer", phase="idle")
-
-    async def aclose(self) -> None:
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-            await asyncio.gather(self._pending, return_exceptions=True)
-        self._pending = None
 
 
 class ChatSession:
@@ -104,6 +87,7 @@ class ChatSession:
         self._reason = ""
         self._retry_after: float | None = None
         self._closed = False
+        self._deferred: UpstreamError | None = None  # an in-band error that arrived behind text
 
     async def start(self) -> None:
         """Open the upstream stream and read until the first piece the client would see.
@@ -112,44 +96,50 @@ class ChatSession:
         """
         budget = Budget(self.runtime.first_byte_timeout, self.runtime.idle_timeout, self.runtime.total_timeout)
         started = asyncio.get_running_loop().time()
-        frames = await self._stack.enter_async_context(self._dialect.open(self.lease.token, self.ask, budget))
-        self._timed = _Timed(frames, budget, started)
+        events = await self._stack.enter_async_context(self._dialect.open(self.lease.token, self.ask, budget))
+        self._timed = _Timed(events, budget, started)
         while not self._buffer:
-            events = await self._timed.next()
-            if events is _END:
+            batch = await self._timed.next()
+            if batch is not None and not batch:
                 raise UpstreamUnavailable("Grok returned an empty answer")
-            self._take(events or (), self._buffer)
+            self._take(batch or (), self._buffer)
 
     def _take(self, events: list[Event] | tuple, into: list[Piece]) -> None:
         for event in events:
             if isinstance(event, StreamError):
-                raise classify_inband_error(event.message, event.code)
+                error = classify_inband_error(event.message, event.code)
+                if into:  # what arrived before the error is delivered first
+                    self._deferred = error
+                    return
+                raise error
             piece = self.renderer.render(event)
             if piece:
                 into.append(piece)
 
-    async def pieces(self) -> AsyncIterator[Piece | None]:
-        """The answer's pieces; None means "still waiting" (send a heartbeat). Raises `OpenAIError`."""
+    async def batches(self) -> AsyncIterator[list[Piece] | None]:
+        """The answer's pieces, as many at a time as arrived together; None means "still waiting"
+        (send a heartbeat). Raises `OpenAIError`."""
         assert self._timed is not None, "start() first"
         tick = self.runtime.heartbeat_interval or None
         try:
             buffered, self._buffer = self._buffer, []
-            for piece in buffered:
-                yield piece
+            yield buffered
             while True:
+                if self._deferred is not None:
+                    raise self._deferred
                 events = await self._timed.next(tick)
                 if events is None:
                     yield None
                     continue
-                if events is _END:
+                if not events:
                     break
                 out: list[Piece] = []
                 self._take(events, out)
-                for piece in out:
-                    yield piece
+                if out:
+                    yield out
             tail = self.renderer.close()
             if tail:
-                yield tail
+                yield [tail]
             self._outcome = Outcome.SUCCESS
         except UpstreamError as exc:
             self.fail(exc)
@@ -172,8 +162,6 @@ class ChatSession:
 
     async def _close(self) -> None:
         try:
-            if self._timed is not None:
-                await self._timed.aclose()
             await self._stack.aclose()
         finally:
             await self.lease.release(self._outcome, reason=self._reason, retry_after=self._retry_after)

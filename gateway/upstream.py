@@ -39,6 +39,7 @@ from curl_cffi import Curl, CurlECode, CurlError, CurlHttpVersion
 from curl_cffi.requests import AsyncSession, Response
 from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from curl_cffi.requests.exceptions import ProxyError, RequestException, SSLError
+from curl_cffi.requests.streams import STREAM_END
 
 logger = logging.getLogger(__name__)
 
@@ -313,8 +314,8 @@ class GrokClient:
 
     @asynccontextmanager
     async def chat(self, token: str, payload: dict, *, first_byte_timeout: float, total_timeout: float
-                   ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """POST a chat and yield its NDJSON lines as they arrive.
+                   ) -> AsyncIterator[LineStream]:
+        """POST a chat and yield a `LineStream` of its NDJSON lines as they arrive.
 
         Raises an `UpstreamError` before yielding when Grok answers an error
         status. Leaving the block stops the transfer at once, even mid-stream.
@@ -345,17 +346,11 @@ class GrokClient:
         try:
             if response.status_code != 200:
                 raise await self._error_from(response)
-            yield self._lines(response)
+            yield LineStream(response.queue)
         finally:
             if response.quit_now is not None:
                 response.quit_now.set()
             await _abort(session, curls, response.astream_task)
-
-    @staticmethod
-    async def _lines(response: Response) -> AsyncIterator[bytes]:
-        with _translate():
-            async for line in response.aiter_lines():
-                yield line
 
     @staticmethod
     async def _error_from(response: Response) -> UpstreamError:
@@ -427,6 +422,68 @@ class GrokClient:
         if response.status_code != 200:
             raise UpstreamUnavailable(f"{host} answered HTTP {response.status_code}", status=response.status_code)
         return response.text
+
+
+class LineStream:
+    """The lines of one streaming answer, read straight from the queue curl's callbacks fill.
+
+    `read(wait)` returns every complete line that has arrived (at least one), so a
+    burst of frames costs one wake-up; `[]` once the answer has ended; None when
+    `wait` seconds pass without a complete line (None: wait as long as it takes). Waiting costs a timer, not a task,
+    and giving up on a wait loses nothing (the queue keeps what arrives later).
+    """
+
+    __slots__ = ("_ended", "_error", "_partial", "_queue")
+
+    def __init__(self, queue: asyncio.Queue) -> None:
+        self._queue = queue
+        self._partial = b""
+        self._ended = False
+        self._error: RequestException | None = None  # raised once the lines before it are read
+
+    async def read(self, wait: float | None) -> list[bytes] | None:
+        queue = self._queue
+        lines: list[bytes] = []
+        deadline = None if wait is None else asyncio.get_running_loop().time() + wait
+        while not lines and not self._ended:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await queue.get()
+                except TimeoutError:
+                    return None
+                self._take(chunk, lines)
+            while not self._ended and not queue.empty():
+                self._take(queue.get_nowait(), lines)
+        if not lines and self._error is not None:
+            with _translate():
+                raise self._error
+        return lines
+
+    def _take(self, chunk: object, lines: list[bytes]) -> None:
+        if chunk is STREAM_END:
+            self._ended = True
+            if self._partial:
+                lines.append(self._partial)
+                self._partial = b""
+            return
+        if isinstance(chunk, RequestException):
+            self._ended = True
+            self._error = chunk
+            return
+        assert isinstance(chunk, bytes)
+        if self._partial:
+            chunk = self._partial + chunk
+        *complete, self._partial = chunk.split(b"\n")
+        lines.extend(line for line in complete if line.strip())
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while lines := await self.read(None):
+            for line in lines:
+                yield line
 
 
 async def _abort(session: _Session, curls: list[Curl], task: asyncio.Future | None) -> None:
