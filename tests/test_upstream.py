@@ -7,6 +7,7 @@ import base64
 import inspect
 
 import pytest
+from curl_cffi._wrapper import ffi
 from curl_cffi.requests import exceptions as curl_exceptions
 
 from gateway import upstream
@@ -138,4 +139,16 @@ async def test_it_stops_the_transfer_when_the_block_is_left_mid_stream(fake_grok
             break
         await asyncio.sleep(0.05)
     assert fake_grok.stats("tok-c").disconnected == 1
+    await upstream.close_sessions()
+
+
+async def test_its_curl_handles_skip_the_128_kb_websocket_buffer_http_never_reads(fake_grok):
+    # curl_cffi's default handle zero-fills 128 KB per handle up front: most of an open stream's memory.
+    client = _client(fake_grok)
+    session = upstream._session(client.config)
+    curl = await session.pop_curl()
+    try:
+        assert len(ffi.buffer(curl._ws_recv_buffer)) <= 4096
+    finally:
+        session.push_curl(curl)
     await upstream.close_sessions()
