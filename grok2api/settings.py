@@ -138,6 +138,8 @@ GROK_BASE_URL = env.str("GROK_BASE_URL", default="https://grok.com").rstrip("/")
 GROK_ASSETS_URL = env.str("GROK_ASSETS_URL", default="https://assets.grok.com").rstrip("/")
 # Seconds a lease outlives a worker that died holding it (renewed every third of it while held).
 LEASE_TTL = env.float("LEASE_TTL", default=60.0)
+# Seconds between writes of use counts and quota debits (batched off the request path; a killed worker loses one).
+USAGE_FLUSH_INTERVAL = env.float("USAGE_FLUSH_INTERVAL", default=1.0)
 
 # First values of the admin-edited runtime settings row (`pools.models.RuntimeSettings`).
 # Read runtime values only through `pools.settings.get_runtime()` / `aget_runtime()`.
@@ -174,7 +176,7 @@ LOGGING = {
     },
     "handlers": {
         "console": {
-            "class": "logging.StreamHandler",
+            "class": "grok2api.logs.QueuedStderrHandler",
             "filters": ["request_id"],
             "formatter": "plain",
         },
