@@ -210,6 +210,9 @@ class FrameParser:
 
     def _render(self, text: str) -> str:
         """Replace complete render tags; hold back an unfinished one until its close arrives."""
+        if "<" not in text:  # most tokens: no tag to render or to wait for
+            self._pending = ""
+            return text
         cut = _unfinished_tag(text)
         self._pending = text[cut:] if cut != -1 else ""
         return self._render_whole(text[:cut] if cut != -1 else text)
