@@ -20,9 +20,12 @@ Slots are held by the backend `pools.leasing` chooses (local, PostgreSQL or
 Redis), each with a TTL a background task renews every TTL/3, so a long stream
 keeps its slot and a worker killed mid-stream loses its slots after the TTL.
 
-`Lease.release(outcome)` records what happened (`pools.leasing.outcomes`) and
-frees the slot; it is idempotent, survives cancellation, and a lease is also an
-async context manager that releases itself on the way out.
+`Lease.release(outcome)` records what happened and frees the slot; it is
+idempotent, survives cancellation, and a lease is also an async context manager
+that releases itself on the way out. A success (and the use a cancelled request
+still counts on backends that count at release) goes to the usage ledger
+(`pools.usage`), written in batches off the request path; the outcomes that can
+change an account's eligibility are written at once (`pools.leasing.outcomes`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Protocol
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from pools import leasing
+from pools import leasing, usage
 from pools.leasing.base import (
     AllAccountsCooling,
     Grant,
@@ -149,17 +152,25 @@ class Lease:
     async def _settle(self, outcome: Outcome, reason: str, retry_after: float | None) -> None:
         backend = self._backend or leasing.backend()
         try:
-            if outcome is not Outcome.CANCELLED or backend.records_use_on_release:
+            if outcome is Outcome.SUCCESS:
+                # The common case stays in memory: the usage ledger writes it within a flush interval,
+                # and the roster sees the debit at once.
+                usage.record_success(backend.using, self.account_id, self.mode, self.cost,
+                                     record_use=backend.records_use_on_release)
+                backend.debit(self.account_id, self.mode, self.cost)
+            elif outcome is Outcome.CANCELLED:
+                if backend.records_use_on_release:
+                    usage.record_use(backend.using, self.account_id)
+            else:
+                # Rare, and it may change eligibility: written now, after any buffered success.
                 runtime = await aget_runtime()
-                await sync_to_async(settle, thread_sensitive=True)(backend.using, Settlement(
+                await sync_to_async(_settle_at_once, thread_sensitive=True)(backend.using, Settlement(
                     self.account_id, self.mode, self.cost, outcome, reason, retry_after,
                     record_use=backend.records_use_on_release,
                     failure_threshold=runtime.auth_failure_threshold, cooldown_seconds=runtime.cooldown_seconds,
                 ))
                 if outcome in CHANGES_ELIGIBILITY:
                     backend.forget(self.account_id)
-                elif outcome is Outcome.SUCCESS:
-                    backend.debit(self.account_id, self.mode, self.cost)
         except Exception:  # bookkeeping must never keep the slot or fail a finished answer
             log.exception("could not record %s on account %s", outcome.value, self.masked_token)
         finally:
@@ -188,6 +199,12 @@ class Lease:
             await self.release(Outcome.CANCELLED)
         else:
             await self.release(Outcome.FAILURE, reason=f"{type(exc).__name__}: {exc}")
+
+
+def _settle_at_once(using: str, settlement: Settlement) -> None:
+    """Settle a non-success outcome now; the account's buffered failure reset is older, so it goes first."""
+    with usage.superseding(using, settlement.account_id):
+        settle(using, settlement)
 
 
 async def lease(model: ModelLike, *, exclude: Collection[int] = (), sticky_key: Hashable | None = None) -> Lease:

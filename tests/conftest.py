@@ -6,6 +6,9 @@
 - `accounts`: helpers to put accounts in the pool; tokens pick the fake's behaviour
   (`expired-…`, `ratelimited-…`, `banned-…`, `cfblocked-…`, `flaky-…`, anything else works).
 - `client`: the official `openai` SDK, pointed at the gateway.
+- `settle_usage()` / `await asettle_usage()`: write the usage ledger (`pools.usage`) now,
+  as its background flusher does every interval, before reading use counts, failure
+  resets or quota debits from the database.
 """
 
 from __future__ import annotations
@@ -134,6 +137,38 @@ def _forget_leases():
     yield
     selection.cancel_renewals()
     leasing.use(None)
+
+
+def settle_usage() -> int:
+    """Write what the usage ledger holds (use counts, failure resets, quota debits) now; sync tests."""
+    from pools import usage
+
+    return usage.flush()
+
+
+async def asettle_usage() -> int:
+    """`settle_usage` for async tests (the flush runs in Django's sync thread)."""
+    from pools import usage
+
+    return await usage.aflush()
+
+
+@pytest.fixture(autouse=True)
+def _forget_usage():
+    """Each test starts and ends with an empty usage ledger: a finished test's counters belong to no database."""
+    from pools import usage
+
+    usage.discard()
+    yield
+    usage.discard()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_usage_flush_at_exit():
+    """At exit the test databases are gone and Django points at the real one again: write nothing there."""
+    from pools import usage
+
+    usage.flush_at_exit(False)
 
 
 @pytest.fixture(autouse=True)

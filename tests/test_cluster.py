@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -20,4 +22,18 @@ def test_it_serves_one_pool_from_two_workers(fake_grok):
                 "model": "grok-chat-fast", "messages": [{"role": "user", "content": "hi"}]})
             assert reply.status_code == 200, reply.text
             assert reply.json()["choices"][0]["message"]["content"] == "You said: hi"
-        assert sorted(r[0] for r in cluster.sql("select use_count from pools_account")) == [1, 1]
+
+        def use_counts() -> list[int]:
+            return sorted(r[0] for r in cluster.sql("select use_count from pools_account"))
+
+        # Use counts reach the database with each worker's next usage flush (`pools.usage`).
+        assert _eventually(lambda: use_counts() == [1, 1]), use_counts()
+
+
+def _eventually(check, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, settle_usage
 from tests.openai_spec import validate
 
 pytestmark = pytest.mark.timeout(30)
@@ -104,5 +104,6 @@ def test_it_leaves_no_stream_open_after_faults(gateway, pool, fake_grok, runtime
     while fake_grok.stats("good-1").in_flight and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake_grok.stats("good-1").in_flight == 0
+    settle_usage()
     account = pool.get("good-1")
     assert account.use_count == 4

@@ -27,6 +27,7 @@ from pools.leasing.redis import RedisBackend
 from pools.models import Account, Quota, Status
 from pools.selection import AllAccountsCooling, NoEligibleAccount, Outcome, PoolBusy, PoolError, lease
 from pools.settings import update_runtime
+from tests.conftest import asettle_usage
 
 pytestmark = [
     # Only the pools tables are flushed between tests: truncating every table of two databases is slow.
@@ -57,6 +58,7 @@ async def build(request):
         return backend
 
     yield build
+    await asettle_usage()  # before the connections close: a later flush would open one again
     for backend in made:
         if isinstance(backend, RedisBackend):
             client = backend.client()
@@ -218,6 +220,7 @@ async def test_it_debits_quota_and_skips_an_account_at_zero(backend, cast) -> No
     for left in (5, 1):
         held = await lease(EXPERT)
         await held.release(Outcome.SUCCESS)
+        await asettle_usage()
         assert (await cast.get_quota(a, "expert")).remaining == left
     with pytest.raises(AllAccountsCooling, match="used up its expert quota"):
         await lease(EXPERT)  # 1 left, the model costs 4
@@ -271,6 +274,7 @@ async def test_every_outcome_is_recorded_and_state_changes_apply_at_once(backend
         held = await lease(FAST)
         assert held.account_id == expected.pk
         await held.release(Outcome.SUCCESS)
+    await asettle_usage()
     assert [x.use_count for x in (await cast.get(a), await cast.get(b))] == [1, 1]
 
     held = await lease(FAST, exclude=[b.pk])
@@ -287,6 +291,35 @@ async def test_every_outcome_is_recorded_and_state_changes_apply_at_once(backend
     assert (b.status, b.last_error) == (Status.DISABLED, "banned: blocked-user")
     with pytest.raises(NoEligibleAccount, match="no active basic account"):
         await lease(FAST)
+
+
+async def test_a_cancelled_request_still_counts_as_a_use_and_nothing_else(backend, cast) -> None:
+    a = await cast.add(failure_count=1, last_error="earlier")
+    await (await lease(FAST)).release(Outcome.CANCELLED)
+    await asettle_usage()
+    a = await cast.get(a)
+    assert (a.use_count, a.failure_count, a.last_error) == (1, 1, "earlier")
+
+
+@pytest.mark.parametrize("build", ["local", "redis"], indirect=True)
+async def test_an_old_snapshot_serves_at_once_while_it_is_read_again_behind(build, cast) -> None:
+    backend = build()
+    backend.roster.max_age = 0.05
+    a = await cast.add(priority=1)
+    b = await cast.add()
+    await (await lease(FAST)).release(Outcome.SUCCESS)  # reads the rows: `a` first
+    # Changed behind this process's back (no signal): only a re-read shows it.
+    await Account.objects.using(cast.using).filter(pk=b.pk).aupdate(priority=5)
+    await asyncio.sleep(0.1)  # the snapshot is older than its max age now
+    held = await lease(FAST)
+    assert held.account_id == a.pk  # answered from the old snapshot, not after a read
+    await held.release(Outcome.SUCCESS)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (got := await lease(FAST)).account_id != b.pk:  # the re-read behind lands
+        await got.release(Outcome.SUCCESS)
+        assert asyncio.get_running_loop().time() < deadline, "the old snapshot was never read again"
+        await asyncio.sleep(0.02)
+    await got.release(Outcome.SUCCESS)
 
 
 async def test_an_account_added_while_serving_is_used_at_once(backend, cast) -> None:

@@ -21,6 +21,7 @@ from pools.selection import (
     lease,
 )
 from pools.settings import update_runtime
+from tests.conftest import asettle_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,6 +52,7 @@ async def test_it_rotates_least_recently_used() -> None:
 async def test_it_marks_the_account_used() -> None:
     (a,) = await make()
     held = await lease(FAST)
+    await asettle_usage()
     a = await fresh(a)
     assert a.use_count == 1
     assert a.last_used_at is not None
@@ -176,6 +178,7 @@ async def test_it_spreads_concurrent_leases_evenly() -> None:
     accounts = await make(5)
     leases = await asyncio.gather(*(lease(FAST) for _ in range(50)))
     assert Counter(held.account_id for held in leases) == {a.pk: 10 for a in accounts}
+    await asettle_usage()
     counts = [a.use_count async for a in Account.objects.all()]
     assert counts == [10] * 5
 
@@ -191,6 +194,7 @@ async def test_it_stays_correct_across_threads() -> None:
 
     picked = await asyncio.gather(*(one() for _ in range(20)))
     assert Counter(picked) == {a.pk: 5 for a in accounts}
+    await asettle_usage()
     assert [a.use_count async for a in Account.objects.all()] == [5] * 4
 
 
@@ -198,6 +202,7 @@ async def test_it_resets_failures_on_success() -> None:
     (a,) = await make(failure_count=2, last_error="boom")
     held = await lease(FAST)
     await held.release(Outcome.SUCCESS)
+    await asettle_usage()
     a = await fresh(a)
     assert (a.failure_count, a.last_error, a.status) == (0, "", Status.ACTIVE)
 
@@ -275,6 +280,7 @@ async def test_it_releases_when_leaving_an_async_with_block() -> None:
     (a,) = await make(failure_count=3)
     async with await lease(FAST):
         pass
+    await asettle_usage()
     assert (await fresh(a)).failure_count == 0
 
     with pytest.raises(RuntimeError):

@@ -72,3 +72,19 @@ def _healthy(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_worker_stopped_with_sigterm_writes_the_usage_it_holds(fake_grok):
+    fake_grok.reset()
+    # An interval no test outlasts: what reaches the database is what the worker writes on its way out.
+    with Cluster(workers=1, fake_url=fake_grok.base_url, env={"USAGE_FLUSH_INTERVAL": "3600"}) as cluster:
+        cluster.manage("import_tokens", "-", "--type", "basic", input="mw-exit-1\n")
+        cluster.sql("update pools_account set failure_count = 2, last_error = 'earlier'")
+        reply = httpx.post(cluster.urls[0] + "/v1/chat/completions", headers=cluster.headers, timeout=30, json={
+            "model": "grok-chat-fast", "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200, reply.text
+        assert cluster.sql("select use_count, failure_count from pools_account") == [(0, 2)]  # held in memory
+
+        cluster.kill(0, signal.SIGTERM)
+        assert cluster.procs[0].returncode == 0, cluster.log(0)
+        assert cluster.sql("select use_count, failure_count, last_error from pools_account") == [(1, 0, "")]

@@ -5,6 +5,8 @@ and a test's loop may share the process), so counting and taking a slot is one
 step no other request can interleave with. Each lease still carries an expiry,
 renewed while held, so a lease whose holder vanished without releasing (a bug,
 a task that died) frees itself after the TTL as it would in the shared backends.
+A lease touches no database row: the use is counted in the usage ledger
+(`pools.usage`), and the roster is a snapshot.
 """
 
 from __future__ import annotations
@@ -14,19 +16,9 @@ import time
 import uuid
 from collections import defaultdict
 
-from asgiref.sync import sync_to_async
-from django.db.models import F
-from django.utils import timezone
-
+from pools import usage
 from pools.leasing.base import Grant, LeaseRequest, Refusal, Ticket
 from pools.leasing.roster import Roster
-from pools.models import Account
-
-
-def record_use(using: str, account_id: int) -> None:
-    Account.objects.using(using).filter(pk=account_id).update(
-        last_used_at=timezone.now(), use_count=F("use_count") + 1
-    )
 
 
 class LocalBackend:
@@ -70,13 +62,9 @@ class LocalBackend:
             key = uuid.uuid4().hex
             self._held[best.id][key] = now + self.ttl
             self._last_used[best.id] = time.time()
-        grant = Grant(key, best.id, best.token, best.tier)
-        try:
-            await sync_to_async(record_use, thread_sensitive=True)(self.using, best.id)
-        except BaseException:
-            await self.release(grant)
-            raise
-        return grant
+        # The account row's `use_count`/`last_used_at` follow within a flush interval (`pools.usage`).
+        usage.record_use(self.using, best.id)
+        return Grant(key, best.id, best.token, best.tier)
 
     async def renew(self, grant: Grant) -> bool:
         with self._lock:

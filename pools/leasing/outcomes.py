@@ -2,7 +2,9 @@
 
 Both are sync functions for `sync_to_async(thread_sensitive=True)`: each runs as
 one transaction of conditional UPDATEs, so concurrent releases in any number of
-workers never overwrite each other's counters.
+workers never overwrite each other's counters. Leasing settles only the outcomes
+that can change eligibility here; a SUCCESS goes through the usage ledger
+(`pools.usage`), which writes the same changes in batches.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from pools import usage
 from pools.leasing.base import AllAccountsCooling, LeaseRequest, NoEligibleAccount, Outcome, PoolError
 from pools.leasing.roster import Candidate, QuotaView, unix
 from pools.models import Account, Quota, Status
@@ -104,8 +107,14 @@ def explain(using: str, request: LeaseRequest, cooldown_seconds: float) -> PoolE
     if not others:
         n = in_rotation.count()
         return NoEligibleAccount(f"all {n} account{'s' if n != 1 else ''} able to serve {model} failed on this request")
+    # Debits of successes the usage ledger has not written yet count, as they do in the roster.
+    unwritten = usage.pending_debits(using)
     quotas = {
-        account_id: QuotaView(remaining, unix(cooldown), unix(resets))
+        account_id: QuotaView(
+            remaining if remaining is None else max(remaining - unwritten.get(account_id, {}).get(request.mode, 0), 0),
+            unix(cooldown),
+            unix(resets),
+        )
         for account_id, remaining, cooldown, resets in Quota.objects.using(using)
         .filter(account_id__in=[row[0] for row in others], mode=request.mode)
         .values_list("account_id", "remaining", "cooldown_until", "resets_at")

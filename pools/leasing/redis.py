@@ -131,7 +131,7 @@ return 1
 
 class RedisBackend:
     name = "redis"
-    records_use_on_release = True  # keeps the lease at one Redis call: the account row is written at release
+    records_use_on_release = True  # keeps the lease at one Redis call: the use is counted at release
     poll_interval = 0.05
 
     def __init__(

@@ -2,11 +2,15 @@
 
 Reading every account and quota per lease would cost a query per request, so the
 local and Redis backends keep a snapshot for `max_age` seconds (1 s: an account
-imported in another worker is used within a second). The snapshot is dropped at
-once when this process saves or deletes an account or quota (signals below) or
-when a lease outcome changes one (`forget`), and it is re-read before saying
-"no account" so a stale copy never refuses a request. The PostgreSQL backend
-evaluates the same rule in SQL (`postgres.py`), on fresh rows every time.
+imported in another worker is used within a second). A snapshot that is only
+older than that is still served while one background task re-reads it (stale
+while revalidate: no lease waits for the database because a second passed). It
+is dropped, and re-read before the next lease, when this process saves or deletes
+an account or quota (signals below) or when a lease outcome changes one
+(`forget`); and it is re-read before saying "no account", so a stale copy never
+refuses a request. Quota debits the usage ledger (`pools.usage`) has not written
+yet are subtracted from what is read. The PostgreSQL backend evaluates the same
+rule in SQL (`postgres.py`), on fresh rows every time.
 
 Eligibility (`Candidate.available_at`), for a model of mode M and cost C:
 - the account is active, or `cooling` with a window that has passed (legacy
@@ -18,6 +22,9 @@ Eligibility (`Candidate.available_at`), for a model of mode M and cost C:
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,8 +35,11 @@ from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
+from pools import usage
 from pools.leasing.base import LeaseRequest
 from pools.models import TIER_ORDER, Account, Quota, Status
+
+log = logging.getLogger(__name__)
 
 PLENTY = 2**31 - 1  # an unknown quota counts as plenty when ordering
 
@@ -132,6 +142,14 @@ def load(using: str) -> list[Candidate]:
     )
     for account_id, mode, remaining, cooldown_until, resets_at in quotas:
         found[account_id].quotas[mode] = QuotaView(remaining, unix(cooldown_until), unix(resets_at))
+    # Successes this worker has not written yet: the rows read lag behind them by up to one flush.
+    for account_id, modes in usage.pending_debits(using).items():
+        candidate = found.get(account_id)
+        for mode, cost in modes.items():
+            quota = candidate.quotas.get(mode) if candidate is not None else None
+            if candidate is not None and quota is not None and quota.remaining is not None:
+                left = max(quota.remaining - cost, 0)
+                candidate.quotas[mode] = QuotaView(left, quota.cooldown_until, quota.resets_at)
     return list(found.values())
 
 
@@ -151,7 +169,7 @@ for _model in (Account, Quota):
 
 
 class Roster:
-    """One database alias's candidates, at most `max_age` seconds old."""
+    """One database alias's candidates, at most `max_age` seconds old (or being re-read in the background)."""
 
     def __init__(self, using: str = "default", max_age: float = 1.0) -> None:
         self.using = using
@@ -159,6 +177,8 @@ class Roster:
         self._candidates: list[Candidate] | None = None
         self._loaded_at = 0.0
         self._generation = -1
+        self._epoch = 0  # bumped by every install and every `forget`: a background read older than either is dropped
+        self._revalidation: asyncio.Task | None = None  # the background re-read in flight, at most one
 
     async def eligible(self, request: LeaseRequest) -> list[Candidate]:
         """Eligible candidates in lease order; an empty answer is always from fresh rows."""
@@ -170,24 +190,49 @@ class Roster:
         return found
 
     async def _ensure(self) -> bool:
-        stale = (
-            self._candidates is None
-            or self._generation != _Generation.value
-            or time.monotonic() - self._loaded_at > self.max_age
-        )
-        if stale:
-            await self._reload()
-        return stale
+        """Have a snapshot to answer from; True when it was read just now."""
+        if self._candidates is None or self._generation != _Generation.value:
+            await self._reload()  # none, forgotten, or this process changed an account: read before answering
+            return True
+        if time.monotonic() - self._loaded_at > self.max_age:
+            self._revalidate()  # only old: answer from it, re-read behind
+        return False
 
     async def _reload(self) -> None:
         generation = _Generation.value
-        self._candidates = await sync_to_async(load, thread_sensitive=True)(self.using)
+        candidates = await sync_to_async(load, thread_sensitive=True)(self.using)
+        self._install(candidates, generation)
+
+    def _install(self, candidates: list[Candidate], generation: int) -> None:
+        self._candidates = candidates
         self._loaded_at = time.monotonic()
         self._generation = generation
+        self._epoch += 1
+
+    def _revalidate(self) -> None:
+        running = self._revalidation
+        # One at a time; one left on a loop that stopped (another thread's, a test's) would never finish.
+        if running is not None and not running.done() and running.get_loop().is_running():
+            return
+        # A fresh context: the re-read serves every later request, not the one that started it.
+        self._revalidation = asyncio.get_running_loop().create_task(
+            self._reload_behind(), name=f"roster-revalidate-{self.using}", context=contextvars.Context()
+        )
+
+    async def _reload_behind(self) -> None:
+        epoch, generation = self._epoch, _Generation.value
+        try:
+            candidates = await sync_to_async(load, thread_sensitive=True)(self.using)
+        except Exception:  # the snapshot stays; the next lease after `max_age` tries again
+            log.warning("could not re-read the accounts of %r in the background", self.using, exc_info=True)
+            return
+        if self._epoch == epoch:  # nothing newer was installed or forgotten meanwhile
+            self._install(candidates, generation)
 
     def forget(self, account_id: int | None = None) -> None:
         """Re-read before the next lease (an outcome changed an account's state)."""
         self._candidates = None
+        self._epoch += 1
 
     def debit(self, account_id: int, mode: str, cost: int) -> None:
         """Mirror a quota debit in the snapshot, so a count reaching zero is skipped before the next read."""
