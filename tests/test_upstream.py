@@ -152,3 +152,15 @@ async def test_its_curl_handles_skip_the_128_kb_websocket_buffer_http_never_read
     finally:
         session.push_curl(curl)
     await upstream.close_sessions()
+
+
+async def test_a_large_prompt_goes_out_whole_through_the_small_upload_buffer(fake_grok):
+    # The upload buffer is 16 KB (memory per open stream); a body many times that size still arrives intact.
+    fake_grok.reset()
+    prompt = "x" * (upstream.UPLOAD_BUFFER * 5 + 123)
+    async with _client(fake_grok).chat("tok-big", {"modeId": "fast", "message": prompt},
+                                       first_byte_timeout=5, total_timeout=10) as lines:
+        assert [line async for line in lines]
+    (sent,) = fake_grok.requests("tok-big")
+    assert sent.json["message"] == prompt
+    await upstream.close_sessions()
