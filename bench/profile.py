@@ -107,7 +107,7 @@ def with_pyinstrument(args: argparse.Namespace, fake: Fake, backend: Backend, st
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     parser.add_argument("--tool", choices=("py-spy", "pyinstrument"), default="py-spy")
-    parser.add_argument("--server", choices=SERVERS, default="daphne")
+    parser.add_argument("--server", choices=SERVERS, default="uvicorn")
     parser.add_argument("--mode", choices=MODES, default="embedded")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=15.0)

@@ -29,7 +29,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile(
-        name="quick", modes=("embedded",), servers=("daphne",), concurrency=(1, 10, 100),
+        name="quick", modes=("embedded",), servers=("uvicorn",), concurrency=(1, 10, 100),
         duration=3.0, max_requests=2000, deadline=25.0, pace_count=20, pace_ms=20,
         hold_streams=100, hold_pace_ms=500, lease_seconds=1.5, lease_concurrency=(1, 16),
     ),
@@ -40,7 +40,7 @@ PROFILES = {
         lease_concurrency=(1, 16, 64),
     ),
     "smoke": Profile(
-        name="smoke", modes=("embedded",), servers=("daphne",), concurrency=(1, 2), duration=0.3,
+        name="smoke", modes=("embedded",), servers=("uvicorn",), concurrency=(1, 2), duration=0.3,
         max_requests=3, deadline=20.0, pace_count=3, pace_ms=5, hold_streams=2, hold_pace_ms=200,
         lease_seconds=0.2, lease_concurrency=(1,), tokens=3,
     ),

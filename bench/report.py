@@ -104,14 +104,17 @@ def _cost_table(configs: list[dict[str, Any]], direct: dict[str, Any]) -> list[s
     dmem = (direct.get("memory") or {}).get("per_stream_kb")
     for c in configs:
         mem = (c.get("memory") or {})
+        again = (c.get("memory_again") or {}).get("per_stream_kb")
         memory = (f"{_n(mem.get('per_stream_kb'))} / {_n(dmem)} / **{_signed(_diff(mem.get('per_stream_kb'), dmem))}**"
                   f" ({mem.get('opened', 0)} held; threads {mem.get('idle_threads', '?')} → "
-                  f"{mem.get('held_threads', '?')})")
+                  f"{mem.get('held_threads', '?')})" + (f"; held again: **{_n(again)}**" if again is not None else ""))
         cpu = ", ".join(f"{level}: {_trio(c['compare']['stream'][level]['server_cpu_s_per_1000'], 2)}"
                         for level in _levels(c, "stream"))
         rows.append(f"| {c['name']} | {c.get('processes', '?')} | {memory} | {cpu} |")
     return [*rows, "", "Memory: the server's RSS with N paced streams open minus its idle RSS, divided by N "
-                       "(baseline: the fake's own, with N direct streams). CPU: utime + stime of the server's "
+                       "(baseline: the fake's own, with N direct streams); *held again*: the same right after, "
+                       "once the process has held N streams before (its curl handles and upstream connections "
+                       "exist). CPU: utime + stime of the server's "
                        "processes over the level, per 1 000 requests (baseline: the fake's, serving the direct "
                        "requests)."]
 
@@ -185,9 +188,12 @@ def _targets(configs: list[dict[str, Any]]) -> list[str]:
         else:
             scale = "not measured" if c.get("workers") == 1 else "n/a (2 workers)"
         kb = (c.get("memory") or {}).get("per_stream_kb")
+        again = (c.get("memory_again") or {}).get("per_stream_kb")
+        memory = verdict(kb, kb is not None and kb <= TARGET_KB)
+        if again is not None:
+            memory += f" (again: {verdict(again, again <= TARGET_KB)})"
         rows.append(f"| {c['name']} | {verdict(p50, p50 is not None and p50 <= TARGET_TTFT_P50)} | "
-                    f"{verdict(p99, p99 is not None and p99 <= TARGET_TTFT_P99)} | {scale} | "
-                    f"{verdict(kb, kb is not None and kb <= TARGET_KB)} |")
+                    f"{verdict(p99, p99 is not None and p99 <= TARGET_TTFT_P99)} | {scale} | {memory} |")
     return rows
 
 

@@ -91,6 +91,10 @@ def run_config(profile: Profile, fake: Fake, backend: Backend, server: str) -> d
                     entry.setdefault("warmup_errors", {}).update(warm["error_kinds"])
             say(f"{entry['name']}: holding {profile.hold_streams} streams open")
             entry["memory"] = scenarios.hold(held, profile.hold_streams, deadline=profile.deadline, server=gw.pids())
+            # Again, now that the process has held N streams once (its curl handles and upstream
+            # connections exist): what each open stream costs a server that has seen its peak before.
+            entry["memory_again"] = scenarios.hold(held, profile.hold_streams, deadline=profile.deadline,
+                                                   server=gw.pids())
             kinds = [("stream", streaming)] + ([("nonstream", whole)] if profile.nonstream else [])
             for kind, target in kinds:
                 for level in profile.concurrency:

@@ -259,14 +259,10 @@ class Gateway:
 
     def command(self) -> list[str]:
         host, port = "127.0.0.1", str(self.port)
-        if self.server == "daphne":  # the documented command: manage.py serve (WEB_CONCURRENCY workers)
-            return [sys.executable, "manage.py", "serve", "--host", host, "--port", port]
-        if self.server == "uvicorn":
-            cmd = [sys.executable, "-m", "uvicorn", APP, "--host", host, "--port", port,
-                   "--lifespan", "off", "--no-access-log", "--log-level", "warning"]
-        else:
-            cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", host, "--port", port,
-                   "--no-ws", "--log-level", "warning", APP]
+        if self.server in ("daphne", "uvicorn"):  # the documented command: manage.py serve (WEB_CONCURRENCY workers)
+            return [sys.executable, "manage.py", "serve", "--server", self.server, "--host", host, "--port", port]
+        cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", host, "--port", port,
+               "--no-ws", "--log-level", "warning", APP]
         return [*cmd, "--workers", str(self.workers)] if self.workers > 1 else cmd
 
     def __enter__(self) -> Gateway:

@@ -1,4 +1,9 @@
-"""ASGI entry point: Channels routes HTTP to Django (the MCP mount joins here later)."""
+"""ASGI entry point: Channels routes HTTP to Django (the MCP mount joins here later).
+
+Servers that speak the lifespan protocol (uvicorn) start the periodic jobs at
+start-up and write the pending usage counts at shutdown; daphne does not, so the
+jobs also start on a worker's first request and the counts are written at exit.
+"""
 
 import logging
 import os
@@ -18,13 +23,19 @@ if not settings.API_KEYS:
     )
 
 from grok2api.api_handler import ApiHandler, is_api  # noqa: E402
-from pools.jobs import ensure_scheduler  # noqa: E402
+from pools import usage  # noqa: E402
+from pools.jobs import ensure_scheduler, stop_scheduler  # noqa: E402
+
+logger = logging.getLogger("grok2api")
 
 _router = ProtocolTypeRouter({"http": django_app})
 _api = ApiHandler()  # /v1 and /health: the same URLs and views, a lean middleware chain
 
 
 async def application(scope: dict, receive, send) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
     if scope["type"] == "http":
         # daphne sends no lifespan events: each worker starts its periodic jobs on its first request.
         ensure_scheduler()
@@ -32,3 +43,19 @@ async def application(scope: dict, receive, send) -> None:
             await _api(scope, receive, send)
             return
     await _router(scope, receive, send)
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            ensure_scheduler()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await stop_scheduler()
+            try:
+                await usage.aflush()
+            except Exception:  # the exit hook tries once more; never block the shutdown
+                logger.exception("could not write the pending usage counts at shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -131,6 +131,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=20 * 1024 * 1
 HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)
 WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+# The ASGI server of `manage.py serve`: uvicorn (uvloop + httptools) or daphne; docs/benchmarks.md says why.
+ASGI_SERVER = env.str("ASGI_SERVER", default="uvicorn")
 # Quota refresh, recovery probes and proxy health run in every worker (once per interval cluster-wide).
 PERIODIC_JOBS = env.bool("PERIODIC_JOBS", default=True)
 API_KEYS = [k for k in env.list("API_KEY", default=[]) if k]

@@ -40,9 +40,10 @@ def test_it_runs_the_smoke_profile_and_writes_json_markdown_and_png(tmp_path: Pa
     assert set(results["direct"]["stream"]) == {"1", "2"}
     assert results["direct"]["memory"]["opened"] == 2
     [config] = results["configs"]
-    assert config["name"] == "embedded/daphne"
+    assert config["name"] == "embedded/uvicorn"
     assert config["error"] is None, config["error"]
     assert config["memory"]["opened"] == 2
+    assert config["memory_again"]["opened"] == 2
     for kind in ("stream", "nonstream"):
         for level in ("1", "2"):
             summary = config[kind][level]
@@ -58,7 +59,7 @@ def test_it_runs_the_smoke_profile_and_writes_json_markdown_and_png(tmp_path: Pa
     text = docs.read_text()
     assert "Written by hand above." in text and "Written by hand below." in text
     assert "old tables" not in text
-    assert "| embedded/daphne | 1 |" in text
+    assert "| embedded/uvicorn | 1 |" in text
     assert (tmp_path / "benchmarks.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
