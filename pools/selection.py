@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
-import weakref
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -87,9 +87,44 @@ class ModelLike(Protocol):
     def cost(self) -> int: ...
 
 
-# Renewal tasks of leases still held, so tests can stop the ones a test left behind.
-_renewers: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
 _settling: set[asyncio.Task] = set()  # releases under way, referenced until they finish
+
+
+class _Renewals:
+    """The leases one backend holds on one event loop, renewed together every TTL/3 by one task.
+
+    A task and a timer per lease would be one more of each per open stream; one task
+    per loop and backend renews them all (concurrently, so a slow store delays none).
+    A lease taken just after a round is renewed within TTL/3, well before it expires.
+    """
+
+    def __init__(self, backend: LeaseBackend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.leases: set[Lease] = set()
+        self.key = (loop, backend)
+        # A fresh context: the task outlives the request that started it (its request id).
+        self.task = loop.create_task(self._run(), name="lease-renewals", context=contextvars.Context())
+
+    async def _run(self) -> None:
+        try:
+            while self.leases:
+                await asyncio.sleep(self.backend.ttl / 3)
+                await asyncio.gather(*(self._renew(lease) for lease in list(self.leases)))
+        finally:
+            if _renewals.get(self.key) is self:
+                del _renewals[self.key]
+
+    async def _renew(self, lease: Lease) -> None:
+        assert lease._grant is not None
+        try:
+            if not await self.backend.renew(lease._grant):
+                log.warning("lease on %s expired before its renewal; its slot may be reused", lease.masked_token)
+                self.leases.discard(lease)
+        except Exception:  # Redis or the database blinked: the next round may get through
+            log.warning("could not renew the lease on %s", lease.masked_token, exc_info=True)
+
+
+_renewals: dict[tuple[asyncio.AbstractEventLoop, LeaseBackend], _Renewals] = {}
 
 
 @dataclass(eq=False)
@@ -101,7 +136,7 @@ class Lease:
     cost: int = 0
     _backend: LeaseBackend | None = field(default=None, repr=False)
     _grant: Grant | None = field(default=None, repr=False)
-    _renewer: asyncio.Task | None = field(default=None, init=False, repr=False)
+    _renewals: _Renewals | None = field(default=None, init=False, repr=False)
     _released: bool = field(default=False, init=False, repr=False)
 
     def __repr__(self) -> str:
@@ -116,20 +151,14 @@ class Lease:
         return self._released
 
     def _hold(self) -> None:
-        self._renewer = asyncio.get_running_loop().create_task(self._renew(), name=f"lease-renew-{self.account_id}")
-        _renewers.add(self._renewer)
-
-    async def _renew(self) -> None:
-        """Push the expiry ahead every TTL/3 while the answer streams."""
-        assert self._backend is not None and self._grant is not None
-        while True:
-            await asyncio.sleep(self._backend.ttl / 3)
-            try:
-                if not await self._backend.renew(self._grant):
-                    log.warning("lease on %s expired before its renewal; its slot may be reused", self.masked_token)
-                    return
-            except Exception:  # Redis or the database blinked: the next renewal may get through
-                log.warning("could not renew the lease on %s", self.masked_token, exc_info=True)
+        """Renew this lease every TTL/3 while the answer streams (with the others on this loop)."""
+        assert self._backend is not None
+        key = (asyncio.get_running_loop(), self._backend)
+        group = _renewals.get(key)
+        if group is None or group.task.done():
+            group = _renewals[key] = _Renewals(self._backend, key[0])
+        group.leases.add(self)
+        self._renewals = group
 
     async def release(self, outcome: Outcome, *, reason: str = "", retry_after: float | None = None) -> None:
         """Record the outcome and free the slot. A second call is a no-op."""
@@ -137,8 +166,8 @@ class Lease:
             return
         # Set before the first await so a concurrent second call cannot record twice.
         self._released = True
-        if self._renewer is not None:
-            self._renewer.cancel()
+        if self._renewals is not None:
+            self._renewals.leases.discard(self)
         # Shielded, and held here until done: a client that leaves mid-release must not leave the slot taken.
         settling = asyncio.ensure_future(self._settle(outcome, reason, retry_after))
         _settling.add(settling)
@@ -254,6 +283,7 @@ async def available_tiers() -> set[str]:
 
 def cancel_renewals() -> None:
     """Stop the renewal of every lease still held in this process (tests end with some)."""
-    for task in list(_renewers):
+    for group in list(_renewals.values()):
         with contextlib.suppress(RuntimeError):  # its loop has closed: nothing left to stop
-            task.get_loop().call_soon_threadsafe(task.cancel)  # the gateway's tasks run on daphne's thread
+            group.task.get_loop().call_soon_threadsafe(group.task.cancel)  # the gateway's loop runs in a thread
+    _renewals.clear()

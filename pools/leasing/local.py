@@ -33,28 +33,39 @@ class LocalBackend:
         self._lock = threading.Lock()
         self._held: dict[int, dict[str, float]] = defaultdict(dict)  # account -> lease key -> expiry (monotonic)
         self._last_used: dict[int, float] = {}  # Unix seconds, newer than the roster's copy
+        self._sweep_at = 0.0  # monotonic time of the earliest expiry at the last sweep
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired leases; a no-op until the earliest expiry seen at the last sweep (most leases)."""
+        if now < self._sweep_at:
+            return
+        earliest = now + self.ttl
+        for held in self._held.values():
+            for key in [k for k, expiry in held.items() if expiry <= now]:
+                del held[key]
+            earliest = min(earliest, *held.values()) if held else earliest
+        self._sweep_at = earliest
 
     def _count(self, account_id: int, now: float) -> int:
+        self._sweep(now)
         held = self._held.get(account_id)
-        if not held:
-            return 0
-        for key in [k for k, expiry in held.items() if expiry <= now]:
-            del held[key]
-        return len(held)
+        return len(held) if held else 0
 
     async def acquire(self, request: LeaseRequest, ticket: Ticket | None) -> Grant | Refusal:
         candidates = await self.roster.eligible(request)
         if not candidates:
             return Refusal.NONE
         with self._lock:
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
+            self._sweep(now)
             best, best_order = None, None
             for c in candidates:
-                n = self._count(c.id, now)
+                held = self._held.get(c.id)
+                n = len(held) if held else 0
                 if n >= c.limit(request.default_limit):
                     continue
                 last = max(c.last_used, self._last_used.get(c.id, 0.0))
-                order = (-c.priority, c.rank, n, -c.quota_left(request.mode, time.time()), last, c.id)
+                order = (-c.priority, c.rank, n, -c.quota_left(request.mode, wall), last, c.id)
                 if best_order is None or order < best_order:
                     best, best_order = c, order
             if best is None:
