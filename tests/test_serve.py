@@ -58,6 +58,8 @@ def test_it_runs_and_supervises_several_workers_on_one_port(fake_grok, server):
                 time.sleep(0.2)
             first = _workers(proc)
             assert all(server in Path(f"/proc/{pid}/cmdline").read_text() for pid in first)
+            # Exactly two serving processes in the whole tree: a worker must not fork workers of its own.
+            assert [child for pid in first for child in _children(pid)] == []
             os.kill(first[0], signal.SIGKILL)
             while first[0] in _workers(proc) or len(_workers(proc)) < 2:
                 assert time.monotonic() < deadline + 30, "the dead worker was not replaced"
@@ -68,6 +70,19 @@ def test_it_runs_and_supervises_several_workers_on_one_port(fake_grok, server):
             proc.wait(30)
         assert not any(Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_text()
                        for pid in first)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != "Z":
+                out.append(int(entry))
+    return out
 
 
 def _healthy(port: int) -> bool:

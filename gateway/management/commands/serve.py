@@ -32,8 +32,9 @@ def worker_command(server: str, *, fd: int | None = None, host: str = "", port: 
     """The command line of one worker, accepting on `fd` (supervised) or binding host:port."""
     if server == "uvicorn":
         where = ["--fd", str(fd)] if fd is not None else ["--host", host, "--port", str(port)]
+        # --workers 1: uvicorn would otherwise read WEB_CONCURRENCY and fork workers of its own.
         return [
-            sys.executable, "-m", "uvicorn", *where, "--loop", "uvloop", "--http", "httptools",
+            sys.executable, "-m", "uvicorn", *where, "--workers", "1", "--loop", "uvloop", "--http", "httptools",
             "--lifespan", "on", "--no-access-log", "--log-level", "warning",
             "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN), APP,
         ]
@@ -77,8 +78,8 @@ class Command(BaseCommand):
         import uvicorn
 
         # log_config=None: Django's LOGGING (already configured) stays in charge of every line.
-        uvicorn.run(APP, host=host, port=port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                    log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
+        uvicorn.run(APP, host=host, port=port, workers=1, loop="uvloop", http="httptools", lifespan="on",
+                    access_log=False, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
 
     def _supervise(self, server: str, host: str, port: int, workers: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
