@@ -5,6 +5,7 @@ start-up and write the pending usage counts at shutdown; daphne does not, so the
 jobs also start on a worker's first request and the counts are written at exit.
 """
 
+import gc
 import logging
 import os
 
@@ -30,6 +31,14 @@ logger = logging.getLogger("grok2api")
 
 _router = ProtocolTypeRouter({"http": django_app})
 _api = ApiHandler()  # /v1 and /health: the same URLs and views, a lean middleware chain
+
+# Everything imported so far lives as long as the process: move it out of the collector's sight,
+# so a full collection scans only what requests allocate, and collect the young generation less
+# often (each open stream keeps a few hundred objects alive). Measured at 100 streams: about 20 %
+# less CPU per request and a time to first token 30-40 ms lower at p50 (docs/benchmarks.md).
+gc.collect()
+gc.freeze()
+gc.set_threshold(10_000, 50, 50)
 
 
 async def application(scope: dict, receive, send) -> None:
