@@ -76,30 +76,34 @@ class ApiHandler(ASGIHandler):
             body_file.close()
 
     async def _serve(self, request: HttpRequest, receive: Callable, send: Callable) -> None:
-        async def respond() -> None:
-            response = await self.run_get_response(request)
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client left while the answer was going out
-            finally:
-                _close(response)
+        # The answer is made in this task; a watcher cancels it when the client leaves, which
+        # stops the view and with it the upstream transfer. (Django runs the answer in a task of
+        # its own: one more task per open stream.)
+        serving = asyncio.current_task()
+        assert serving is not None
+        state = {"left": False, "done": False}
 
-        # A client that leaves cancels the view, and with it the upstream transfer.
-        listener = asyncio.create_task(self.listen_for_disconnect(receive))
-        responder = asyncio.create_task(respond())
+        async def watch() -> None:
+            with contextlib.suppress(RequestAborted):
+                await self.listen_for_disconnect(receive)
+            if not state["done"]:
+                state["left"] = True
+                serving.cancel()
+
+        watcher = asyncio.create_task(watch())
+        response: HttpResponseBase | None = None
         try:
-            await asyncio.wait((listener, responder), return_when=asyncio.FIRST_COMPLETED)
+            response = await self.run_get_response(request)
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            if not state["left"]:
+                raise
+            serving.uncancel()  # the client left: that is an end, not an error
         finally:
-            for task in (listener, responder):
-                if not task.done():
-                    task.cancel()
-            results = await asyncio.gather(listener, responder, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, RequestAborted | asyncio.CancelledError
-            ):
-                raise result
+            state["done"] = True
+            watcher.cancel()
+            if response is not None:
+                _close(response)
 
 
 def _close(response: HttpResponseBase) -> None:
