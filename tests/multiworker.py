@@ -32,6 +32,16 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 API_KEY = "sk-cluster"
 
 
+def eventually(check, seconds: float = 10) -> bool:
+    """Poll `check` until it holds (True) or `seconds` pass (False): work another process finishes soon."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

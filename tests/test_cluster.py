@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
-from tests.multiworker import Cluster
+from tests.multiworker import Cluster, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,13 +25,5 @@ def test_it_serves_one_pool_from_two_workers(fake_grok):
             return sorted(r[0] for r in cluster.sql("select use_count from pools_account"))
 
         # Use counts reach the database with each worker's next usage flush (`pools.usage`).
-        assert _eventually(lambda: use_counts() == [1, 1]), use_counts()
+        assert eventually(lambda: use_counts() == [1, 1]), use_counts()
 
-
-def _eventually(check, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True

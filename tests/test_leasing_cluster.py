@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
-import time
 
 import httpx
 import pytest
 import redis
 
-from tests.multiworker import REDIS_URL, Cluster
+from tests.multiworker import REDIS_URL, Cluster, eventually
 
 pytestmark = pytest.mark.timeout(300)
 BACKENDS = pytest.mark.parametrize("use_redis", [True, False], ids=["redis", "postgres"])
@@ -34,15 +33,6 @@ def _held(cluster: Cluster) -> int:
         return sum(client.zcount(key, f"({now_ms}", "+inf") for key in client.scan_iter("grok2api:lease:acct:*"))
     return cluster.sql("select count(*) from pools_leaserecord where expires_at > now()")[0][0]
 
-
-def _eventually(check, seconds: float = 10) -> bool:
-    """Releases finish just after the client has read the last byte: give them a moment."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _start(cluster: Cluster, fake_grok, tokens: list[str], limit: int, env_runtime: dict[str, str]) -> None:
@@ -97,7 +87,7 @@ def test_1000_requests_from_three_workers_keep_every_account_under_its_limit(fak
         assert {t: s.max_in_flight for t, s in stats.items() if s.max_in_flight > 2} == {}
         assert sum(s.completed for s in stats.values()) == statuses.count(200)
         assert statuses.count(200) == 1000  # with a long enough queue timeout, everyone is served
-        assert _eventually(lambda: _held(cluster) == 0), f"{_held(cluster)} leases leaked"
+        assert eventually(lambda: _held(cluster) == 0), f"{_held(cluster)} leases leaked"
 
 
 @BACKENDS
@@ -119,7 +109,7 @@ def test_a_worker_killed_mid_stream_frees_its_leases_after_the_ttl(fake_grok, us
         streams = [threading.Thread(target=long_stream, args=(i,), daemon=True) for i in range(2)]
         for thread in streams:
             thread.start()
-        assert _eventually(lambda: all(fake_grok.stats(t).in_flight == 1 for t in tokens), 20)
+        assert eventually(lambda: all(fake_grok.stats(t).in_flight == 1 for t in tokens), 20)
         assert _held(cluster) == 2  # both accounts are full
 
         cluster.kill(0)  # SIGKILL: no release, no cleanup
@@ -130,6 +120,6 @@ def test_a_worker_killed_mid_stream_frees_its_leases_after_the_ttl(fake_grok, us
                            json={**_ask("after the crash"), "stream": False}, timeout=60)
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"] == "You said: after the crash"
-        assert _eventually(lambda: _held(cluster) == 0), f"{_held(cluster)} leases left"
+        assert eventually(lambda: _held(cluster) == 0), f"{_held(cluster)} leases left"
         for thread in streams:
             thread.join(10)

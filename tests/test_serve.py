@@ -39,7 +39,8 @@ def _workers(proc: subprocess.Popen) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_text()
         except OSError:
             continue
-        if int(stat[1]) == proc.pid and stat[0] != "Z" and "grok2api.asgi:application" in cmdline:
+        serving = "grok2api.asgi:application" in cmdline or "--fd" in cmdline
+        if int(stat[1]) == proc.pid and stat[0] != "Z" and serving:
             pids.append(int(entry))
     return pids
 
