@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -45,7 +45,7 @@ from gateway.upstream import (
     UpstreamError,
     UpstreamProxyFailed,
 )
-from pools import proxies
+from pools import proxies, usage
 from pools.jobs import periodic
 from pools.models import Account, Quota, Status, Tier
 from pools.settings import Runtime, aget_runtime
@@ -188,7 +188,7 @@ def _store(
     """Write the readings and what they mean for the account, in one transaction."""
     revived = resumed = False
     cooled_until = None
-    with transaction.atomic():
+    with usage.resyncing(DEFAULT_DB_ALIAS, account_id, readings), transaction.atomic():
         account = Account.objects.filter(pk=account_id).first()
         if account is None:
             return revived, resumed, cooled_until

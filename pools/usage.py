@@ -160,6 +160,22 @@ class Ledger:
                     entry.reset_failures = False
             yield
 
+    @contextlib.contextmanager
+    def resyncing(self, using: str, account_id: int, modes: Iterable[str]) -> Iterator[None]:
+        """Write a quota reading from Grok for these modes inside this block.
+
+        Grok's count already includes every request that finished before it was read, so
+        the account's pending debits for those modes are dropped (applying them after the
+        reading would count those requests twice), and no flush runs until the block ends.
+        """
+        with self._writing:
+            with self._lock:
+                entry = self._pending.get(using, {}).get(account_id)
+                if entry is not None:
+                    for mode in modes:
+                        entry.debits.pop(mode, None)
+            yield
+
     # --- reading -----------------------------------------------------------------------
 
     def pending(self, using: str | None = None) -> dict[str, dict[int, Entry]]:
@@ -306,6 +322,10 @@ def record_success(using: str, account_id: int, mode: str, cost: int, *, record_
 def superseding(using: str, account_id: int) -> contextlib.AbstractContextManager[None]:
     """Wrap the immediate settlement of a non-success outcome (see `Ledger.superseding`)."""
     return _ledger.superseding(using, account_id)
+
+
+def resyncing(using: str, account_id: int, modes: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+    return _ledger.resyncing(using, account_id, modes)
 
 
 def pending(using: str | None = None) -> dict[str, dict[int, Entry]]:

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from gateway.models import get_model
-from pools import selection
+from pools import selection, usage
 from pools.jobs import run_job
 from pools.models import Account, Quota, Status
 from pools.quotas import QuotaParseError, Reading, parse_rate_limits, refresh_account, stale_accounts
@@ -309,3 +309,19 @@ async def test_a_429_followup_never_shortens_the_cooldown(gateway, fake_grok) ->
     await wait_followups()
     quota = await Quota.objects.aget(account__token="limit-3", mode="fast")
     assert quota.cooldown_until > timezone.now()
+
+
+async def test_a_reading_from_grok_replaces_the_debits_still_waiting_to_be_written(gateway, fake_grok) -> None:
+    # Grok's count already includes the requests that finished before the sync: debiting
+    # them again when the ledger flushes would count them twice.
+    account = await add("quota-resync-1")
+    fake_grok.set_quota("quota-resync-1", "fast", 90, 140, 7200)
+    usage.record_success("default", account.pk, "fast", 4, record_use=False)
+    usage.record_success("default", account.pk, "auto", 1, record_use=False)
+
+    await refresh_account(account.pk, modes=["fast"])
+    await usage.aflush()
+
+    rows = await quotas(account)
+    assert rows["fast"].remaining == 90  # not 86
+    assert usage.pending("default") == {}  # the auto debit was written (there is no auto row to debit)
