@@ -253,6 +253,10 @@ def _new_session(config: ClientConfig) -> _Session:
         # libcurl's default 64 KB upload buffer is allocated per transfer for a JSON body of
         # a few KB; its minimum, 16 KB, cut an open stream's memory by ~48 KB (docs/benchmarks.md).
         curl_options={CurlOpt.UPLOAD_BUFFERSIZE: UPLOAD_BUFFER},
+        # No cookie jar: the session serves every account, so a cookie Grok sets for one (Cloudflare's
+        # __cf_bm, a rotated sso) must not ride on the next account's request. Each request carries
+        # exactly the cookies `GrokClient.headers` names.
+        discard_cookies=True,
     )
 
 

@@ -164,3 +164,19 @@ async def test_a_large_prompt_goes_out_whole_through_the_small_upload_buffer(fak
     (sent,) = fake_grok.requests("tok-big")
     assert sent.json["message"] == prompt
     await upstream.close_sessions()
+
+
+async def test_cookies_grok_sets_for_one_account_never_ride_on_anothers_request(fake_grok):
+    # One curl session serves every account: a jar shared across them would send account A's
+    # cookies (Cloudflare's __cf_bm today, a rotated sso tomorrow) with account B's requests.
+    fake_grok.reset()
+    client = _client(fake_grok)
+    for token in ("tok-jar-a", "tok-jar-b"):
+        async with client.chat(token, {"modeId": "fast", "message": "hi"},
+                               first_byte_timeout=5, total_timeout=10) as lines:
+            assert [line async for line in lines]
+    (second,) = fake_grok.requests("tok-jar-b")
+    cookies = sorted(part.strip().split("=", 1)[0] for part in second.headers["cookie"].split(";"))
+    assert cookies == ["sso", "sso-rw"]
+    assert "tok-jar-a" not in second.headers["cookie"]
+    await upstream.close_sessions()

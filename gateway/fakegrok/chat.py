@@ -60,6 +60,8 @@ async def chat(state: State, token: str, body: dict[str, Any], conversation_id: 
     epoch: list[int] = []  # the state's epoch when the stream opened (see FakeState.reset)
     return StreamResponse(
         steps=scenarios.steps(scenarios.frames(plan, turn, body), markers),
+        # Cloudflare's bot-management cookie rides on grok.com's answers (no Secure flag here: plain http).
+        headers={"Set-Cookie": f"__cf_bm={uuid.uuid4().hex}; path=/; HttpOnly"},
         delay_headers=slow,
         on_open=lambda: epoch.append(state.stream_opened(token)),
         on_close=lambda outcome: state.stream_closed(token, outcome, epoch[0]),
