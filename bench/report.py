@@ -44,6 +44,12 @@ def _trio(fig: dict[str, Any], digits: int = 1) -> str:
     return f"{_n(fig['gateway'], digits)} / {_n(fig['baseline'], digits)} / **{third}**"
 
 
+def _times_fake(fig: dict[str, Any]) -> str:
+    """The gateway's CPU as a multiple of the fake's in the same run: it moves less with the machine."""
+    gateway, fake = fig.get("gateway"), fig.get("baseline")
+    return f" (×{gateway / fake:.1f})" if gateway and fake else ""
+
+
 def _levels(entry: dict[str, Any], kind: str) -> list[str]:
     return sorted(entry.get("compare", {}).get(kind, {}), key=int)
 
@@ -109,6 +115,7 @@ def _cost_table(configs: list[dict[str, Any]], direct: dict[str, Any]) -> list[s
                   f" ({mem.get('opened', 0)} held; threads {mem.get('idle_threads', '?')} → "
                   f"{mem.get('held_threads', '?')})" + (f"; held again: **{_n(again)}**" if again is not None else ""))
         cpu = ", ".join(f"{level}: {_trio(c['compare']['stream'][level]['server_cpu_s_per_1000'], 2)}"
+                        f"{_times_fake(c['compare']['stream'][level]['server_cpu_s_per_1000'])}"
                         for level in _levels(c, "stream"))
         rows.append(f"| {c['name']} | {c.get('processes', '?')} | {memory} | {cpu} |")
     return [*rows, "", "Memory: the server's RSS with N paced streams open minus its idle RSS, divided by N "
@@ -116,7 +123,8 @@ def _cost_table(configs: list[dict[str, Any]], direct: dict[str, Any]) -> list[s
                        "once the process has held N streams before (its curl handles and upstream connections "
                        "exist). CPU: utime + stime of the server's "
                        "processes over the level, per 1 000 requests (baseline: the fake's, serving the direct "
-                       "requests)."]
+                       "requests); in brackets the gateway's as a multiple of the fake's, a figure that moves "
+                       "less with the machine's speed than either (compare runs with it)."]
 
 
 def _db_table(configs: list[dict[str, Any]]) -> list[str]:
