@@ -114,6 +114,7 @@ class Run:
         ]
         self.issued = 0
         self.ttft: list[float] = []
+        self.ttft_later: list[float] = []  # each user's requests after its first (no connect, no herd)
         self.total: list[float] = []
         self.chunks = 0
         self.ok = 0
@@ -133,6 +134,7 @@ class Run:
     async def user(self, index: int) -> None:
         raw = self.requests[index % len(self.requests)]
         conn: HttpConnection | None = None
+        first = True
         while self._take():
             if conn is None or conn.closed:
                 try:
@@ -153,9 +155,10 @@ class Run:
                 continue
             finally:
                 self.open.discard(tally)
-            self.settle(tally, time.perf_counter())
+            self.settle(tally, time.perf_counter(), later=not first)
+            first = False
 
-    def settle(self, tally: Tally, end: float) -> None:
+    def settle(self, tally: Tally, end: float, *, later: bool = False) -> None:
         self.last_end = time.time()
         if tally.kind == "json":
             tally.finish_json()
@@ -171,6 +174,8 @@ class Run:
             self.total.append(end - tally.start)
             if tally.first is not None:
                 self.ttft.append(tally.first - tally.start)
+                if later:
+                    self.ttft_later.append(tally.first - tally.start)
 
     async def load(self) -> None:
         spec = self.spec
@@ -251,6 +256,7 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
         "ok": run.ok,
         "errors": {k: v for k, v in run.errors.items() if v},
         "ttft": run.ttft,
+        "ttft_later": run.ttft_later,
         "total": run.total,
         "chunks": run.chunks,
         "first_start": run.first_start,

@@ -89,6 +89,21 @@ def _stream_table(configs: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _later_table(configs: list[dict[str, Any]]) -> list[str]:
+    """TTFT without each virtual user's first request (its TCP connect, and the herd of N arriving at once)."""
+    rows = ["| config | streams | TTFT p50 | TTFT p95 | TTFT p99 | requests |",
+            "| --- | ---: | --- | --- | --- | ---: |"]
+    for c in configs:
+        for level in _levels(c, "stream"):
+            f = c["compare"]["stream"][level]
+            if "ttft_later_p50_ms" not in f:
+                continue
+            n = c["stream"][level].get("ttft_later_ms", {}).get("n", 0)
+            rows.append(f"| {c['name']} | {level} | {_trio(f['ttft_later_p50_ms'])} | "
+                        f"{_trio(f['ttft_later_p95_ms'])} | {_trio(f['ttft_later_p99_ms'])} | {n} |")
+    return rows if len(rows) > 2 else []
+
+
 def _throughput_table(configs: list[dict[str, Any]]) -> list[str]:
     rows = ["| config | streams | chunks/s (stream) | requests/s (stream) | requests/s (non-stream) | "
             "total p50 (non-stream) | errors (non-stream) |",
@@ -188,6 +203,8 @@ def _targets(configs: list[dict[str, Any]]) -> list[str]:
         at100 = c.get("compare", {}).get("stream", {}).get("100")
         p50 = at100["ttft_p50_ms"]["diff"] if at100 else None
         p99 = at100["ttft_p99_ms"]["diff"] if at100 else None
+        steady50 = at100["ttft_later_p50_ms"]["diff"] if at100 and "ttft_later_p50_ms" in at100 else None
+        steady99 = at100["ttft_later_p99_ms"]["diff"] if at100 and "ttft_later_p99_ms" in at100 else None
         at500 = c.get("compare", {}).get("stream", {}).get("500")
         if at500 and c.get("workers") == 1:
             ratio, errors = at500["chunks_per_s"]["ratio"], at500["errors"]["gateway"]
@@ -200,8 +217,13 @@ def _targets(configs: list[dict[str, Any]]) -> list[str]:
         memory = verdict(kb, kb is not None and kb <= TARGET_KB)
         if again is not None:
             memory += f" (again: {verdict(again, again <= TARGET_KB)})"
-        rows.append(f"| {c['name']} | {verdict(p50, p50 is not None and p50 <= TARGET_TTFT_P50)} | "
-                    f"{verdict(p99, p99 is not None and p99 <= TARGET_TTFT_P99)} | {scale} | {memory} |")
+        first = verdict(p50, p50 is not None and p50 <= TARGET_TTFT_P50)
+        last = verdict(p99, p99 is not None and p99 <= TARGET_TTFT_P99)
+        if steady50 is not None:
+            first += f" (steady: {verdict(steady50, steady50 <= TARGET_TTFT_P50)})"
+        if steady99 is not None:
+            last += f" (steady: {verdict(steady99, steady99 <= TARGET_TTFT_P99)})"
+        rows.append(f"| {c['name']} | {first} | {last} | {scale} | {memory} |")
     return rows
 
 
@@ -210,6 +232,11 @@ def section(results: dict[str, Any], image: str) -> str:
     failed = [c for c in results.get("configs", []) if c.get("error")]
     parts: list[str] = ["## Latest run", "", *_header(results), "", f"![latency and throughput]({image})", ""]
     parts += ["### Streaming: time to first token and total time", "", *_stream_table(configs), ""]
+    later = _later_table(configs)
+    if later:
+        parts += ["Each level starts with every virtual user connecting and asking at the same instant; the "
+                  "same figures without each user's first request (steady state, no connect, no herd):", "",
+                  *later, ""]
     parts += ["### Throughput (stream) and non-stream", "", *_throughput_table(configs), ""]
     parts += ["### Server cost", "", *_cost_table(configs, results.get("direct", {})), ""]
     db = _db_table(configs)

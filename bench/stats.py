@@ -37,6 +37,7 @@ def _round(value: float | None, scale: float = 1.0, digits: int = 3) -> float | 
 def summarise(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge the JSON of every load-generator process of one phase."""
     ttft = [x for p in parts for x in p["ttft"]]
+    later = [x for p in parts for x in p.get("ttft_later", [])]
     total = [x for p in parts for x in p["total"]]
     errors: Counter[str] = Counter()
     for p in parts:
@@ -53,6 +54,7 @@ def summarise(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(errors.values()),
         "error_kinds": dict(errors),
         "ttft_ms": _ms(ttft),
+        "ttft_later_ms": _ms(later),
         "total_ms": _ms(total),
         "chunks": chunks,
         "wall_s": _round(wall),
@@ -87,6 +89,9 @@ def compare(gw: dict[str, Any], direct: dict[str, Any], *, stream: bool) -> dict
     if stream:
         for q in QUANTILES:
             out[f"ttft_p{q}_ms"] = figure(gw["ttft_ms"][f"p{q}"], direct["ttft_ms"][f"p{q}"])
+        if "ttft_later_ms" in gw and "ttft_later_ms" in direct:
+            for q in QUANTILES:
+                out[f"ttft_later_p{q}_ms"] = figure(gw["ttft_later_ms"][f"p{q}"], direct["ttft_later_ms"][f"p{q}"])
     for q in QUANTILES:
         out[f"total_p{q}_ms"] = figure(gw["total_ms"][f"p{q}"], direct["total_ms"][f"p{q}"])
     out["chunks_per_s"] = figure(gw["chunks_per_s"], direct["chunks_per_s"], ratio=True)

@@ -52,7 +52,7 @@ def test_it_runs_the_smoke_profile_and_writes_json_markdown_and_png(tmp_path: Pa
             figures = config["compare"][kind][level]
             assert set(figures["total_p50_ms"]) == {"gateway", "baseline", "diff"}
             assert set(figures["chunks_per_s"]) == {"gateway", "baseline", "ratio"}
-    assert set(config["compare"]["stream"]["1"]) >= {"ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms"}
+    assert set(config["compare"]["stream"]["1"]) >= {"ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "ttft_later_p99_ms"}
     assert config["stream"]["1"]["server_cpu_s_per_1000"] is not None
     assert results["leases"]["sqlite"]["levels"][0]["leases"] > 0
 
