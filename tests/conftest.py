@@ -1,7 +1,7 @@
 """Shared cast for the suite: a real fake Grok, a real gateway server, real clients.
 
 - `fake_grok`: the built-in fake upstream (`gateway/fakegrok`) on a loopback port.
-- `gateway_url`: the gateway itself, served by daphne (the ASGI server `make run`
+- `gateway_url`: the gateway itself, served by uvicorn (the ASGI server `make run`
   uses) in a background thread, pointed at the fake, sharing the test database.
 - `accounts`: helpers to put accounts in the pool; tokens pick the fake's behaviour
   (`expired-…`, `ratelimited-…`, `banned-…`, `cfblocked-…`, `flaky-…`, anything else works).
@@ -55,7 +55,7 @@ def fake_grok() -> Iterator[FakeGrok]:
 
 @pytest.fixture(scope="session")
 def gateway_url(django_db_setup, django_db_blocker, fake_grok: FakeGrok) -> Iterator[str]:
-    from daphne.server import Server
+    import uvicorn
 
     settings.GROK_BASE_URL = fake_grok.base_url
     settings.GROK_ASSETS_URL = fake_grok.base_url
@@ -63,15 +63,18 @@ def gateway_url(django_db_setup, django_db_blocker, fake_grok: FakeGrok) -> Iter
     settings.PERIODIC_JOBS = False  # tests run jobs themselves (`pools.jobs.run_job`)
     from grok2api.asgi import application
 
-    server = Server(application=application, endpoints=["tcp:port=0:interface=127.0.0.1"], signal_handlers=False)
-    thread = threading.Thread(target=server.run, name="daphne", daemon=True)
+    # The server `make run` runs, configured as `manage.py serve` configures it (signals stay with pytest).
+    config = uvicorn.Config(application, host="127.0.0.1", port=0, loop="uvloop", http="httptools",
+                            lifespan="on", access_log=False, log_config=None)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not server.listening_addresses:
-        if time.monotonic() > deadline:
-            raise RuntimeError("daphne did not start listening")
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start listening")
         time.sleep(0.02)
-    host, port = server.listening_addresses[0]
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
     yield f"http://{host}:{port}"
 
 
