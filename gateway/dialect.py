@@ -7,7 +7,6 @@ The mgw WebSocket transport (protocol §3) becomes a second class with the same
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ class Budget:
 
 
 class EventReader(Protocol):
-    async def read(self, wait: float | None) -> list[Event] | None:
-        """The events that arrived (at least one); [] once the answer has ended; None after `wait` seconds."""
+    async def read(self, deadline: float | None) -> list[Event] | None:
+        """The events that arrived (at least one); [] once the answer has ended; None at `deadline`
+        (the event loop's clock)."""
         ...
 
 
@@ -107,12 +107,9 @@ class NdjsonEvents:
         self._lines = lines
         self._parser = FrameParser()
 
-    async def read(self, wait: float | None) -> list[Event] | None:
-        loop = asyncio.get_running_loop()
-        deadline = None if wait is None else loop.time() + wait
+    async def read(self, deadline: float | None) -> list[Event] | None:
         while True:  # lines that carry nothing visible (metadata) do not count as an answer
-            left = None if deadline is None else max(deadline - loop.time(), 0)
-            lines = await self._lines.read(left)
+            lines = await self._lines.read(deadline)
             if lines is None:
                 return None
             if not lines:

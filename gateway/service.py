@@ -45,10 +45,8 @@ class _Timed:
 
     async def next(self, tick: float | None = None) -> list[Event] | None:
         deadline = min(self._deadline, self._total_deadline)
-        wait = deadline - self._loop.time()
-        if tick is not None:
-            wait = min(wait, tick)
-        events = await self._events.read(max(wait, 0))
+        wake = deadline if tick is None else min(deadline, self._loop.time() + tick)
+        events = await self._events.read(wake)
         now = self._loop.time()
         if events is None:
             if now >= deadline:

@@ -445,10 +445,11 @@ class GrokClient:
 class LineStream:
     """The lines of one streaming answer, read straight from the queue curl's callbacks fill.
 
-    `read(wait)` returns every complete line that has arrived (at least one), so a
-    burst of frames costs one wake-up; `[]` once the answer has ended; None when
-    `wait` seconds pass without a complete line (None: wait as long as it takes). Waiting costs a timer, not a task,
-    and giving up on a wait loses nothing (the queue keeps what arrives later).
+    `read(deadline)` returns every complete line that has arrived (at least one), so a
+    burst of frames costs one wake-up; `[]` once the answer has ended; None when the
+    loop's clock reaches `deadline` first (None: wait as long as it takes). Waiting
+    costs a timer, not a task, and giving up on a wait loses nothing (the queue keeps
+    what arrives later).
     """
 
     __slots__ = ("_ended", "_error", "_partial", "_queue")
@@ -459,10 +460,9 @@ class LineStream:
         self._ended = False
         self._error: RequestException | None = None  # raised once the lines before it are read
 
-    async def read(self, wait: float | None) -> list[bytes] | None:
+    async def read(self, deadline: float | None) -> list[bytes] | None:
         queue = self._queue
         lines: list[bytes] = []
-        deadline = None if wait is None else asyncio.get_running_loop().time() + wait
         while not lines and not self._ended:
             if queue.empty():
                 try:
