@@ -55,18 +55,14 @@ def fake_grok() -> Iterator[FakeGrok]:
 
 @pytest.fixture(scope="session")
 def gateway_url(django_db_setup, django_db_blocker, fake_grok: FakeGrok) -> Iterator[str]:
-    import uvicorn
+    from gateway.management.commands.serve import uvicorn_server
 
     settings.GROK_BASE_URL = fake_grok.base_url
     settings.GROK_ASSETS_URL = fake_grok.base_url
     settings.API_KEYS = [API_KEY]
     settings.PERIODIC_JOBS = False  # tests run jobs themselves (`pools.jobs.run_job`)
-    from grok2api.asgi import application
-
     # The server `make run` runs, configured as `manage.py serve` configures it (signals stay with pytest).
-    config = uvicorn.Config(application, host="127.0.0.1", port=0, loop="uvloop", http="httptools",
-                            lifespan="on", access_log=False, log_config=None)
-    server = uvicorn.Server(config)
+    server = uvicorn_server(host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -80,10 +80,10 @@ class Command(BaseCommand):
 
             CommandLineInterface().run(["-b", host, "-p", str(port), APP])
             return
-        _uvicorn(host=host, port=port).run()
+        uvicorn_server(host=host, port=port).run()
 
     def _serve_socket(self, sock: socket.socket) -> None:
-        _uvicorn().run(sockets=[sock])
+        uvicorn_server().run(sockets=[sock])
 
     def _supervise(self, server: str, host: str, port: int, workers: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -120,7 +120,8 @@ class Command(BaseCommand):
         listener.close()
 
 
-def _uvicorn(**where: object) -> uvicorn.Server:
+def uvicorn_server(**where: object) -> uvicorn.Server:
+    """The uvicorn server every worker runs (and the test suite's gateway); `where`: host and port."""
     import uvicorn  # only when it serves: `serve --server daphne` must not need it
 
     # workers=1: uvicorn would otherwise read WEB_CONCURRENCY and fork workers of its own.
