@@ -53,8 +53,26 @@ def _token(headers: list[tuple[str, str]]) -> str | None:
     return None
 
 
+class _Loopback:
+    """Start and stop a test server on 127.0.0.1 (`port` 0 picks a free one)."""
+
+    port: int
+    _server: asyncio.Server | None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
 @dataclass
-class ForwardProxy:
+class ForwardProxy(_Loopback):
     name: str
     blocked: bool = False
     hang_up_on: set[str] = field(default_factory=set)
@@ -80,13 +98,8 @@ class ForwardProxy:
         with self._lock:
             self._seen.append(seen)
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        await super().stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -207,7 +220,7 @@ async def _pipe_until_either_ends(
 
 
 @dataclass
-class PoolEndpoint:
+class PoolEndpoint(_Loopback):
     """`GET /` answers the next entry of `answers` (the last one repeats), as text or JSON."""
 
     answers: list[str]
@@ -219,14 +232,6 @@ class PoolEndpoint:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/proxy?key=secret"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
