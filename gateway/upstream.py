@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import contextvars
 import json
 import logging
@@ -35,17 +34,16 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from curl_cffi import Curl, CurlECode, CurlError, CurlHttpVersion, CurlOpt
-from curl_cffi.requests import AsyncSession, Response
+from curl_cffi import CurlECode
 from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from curl_cffi.requests.exceptions import ProxyError, RequestException, SSLError
-from curl_cffi.requests.streams import STREAM_END
+
+from gateway.transfer import Transfer, Transfers
 
 logger = logging.getLogger(__name__)
 
 CHAT_PATH = "/rest/app-chat/conversations/new"
 RATE_LIMITS_PATH = "/rest/rate-limits"
-UPLOAD_BUFFER = 16 * 1024  # bytes: libcurl's minimum for CURLOPT_UPLOAD_BUFFERSIZE
 PROBE_TIMEOUT = 20.0  # seconds for a proxy probe or a proxy-pool fetch, connect included
 
 # Body markers that decide what a 4xx means (protocol §11).
@@ -205,93 +203,59 @@ class ClientConfig:
     connect_timeout: float = 15.0
 
 
-# The curl handles a request took, so a transfer can be aborted at once even when
-# no byte arrives (curl only checks `quit_now` when data comes in).
-_handles: contextvars.ContextVar[list[Curl]] = contextvars.ContextVar("curl_handles")
+# One set of transfers per event loop (curl's multi handle is bound to the loop it was made on).
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Transfers] = weakref.WeakKeyDictionary()
 
 
-class _HttpCurl(Curl):
-    """A curl handle for HTTP calls. curl_cffi gives every handle a zero-filled 128 KB
-    WebSocket receive buffer up front: 87 % of an open stream's memory in our measurements
-    (docs/benchmarks.md), for a buffer no HTTP transfer reads."""
-
-    _WS_RECV_BUFFER_SIZE = 4096
+# A block that opened its own transfers (`own_session`) uses them instead of the loop's.
+_own: contextvars.ContextVar[Transfers | None] = contextvars.ContextVar("own_session", default=None)
 
 
-class _Session(AsyncSession):
-    async def pop_curl(self) -> Curl:
-        curl = await self.pool.get()  # as AsyncSession.pop_curl (curl_cffi 0.16), with a lighter handle
-        if curl is None:
-            curl = _HttpCurl(cacert=self.acurl._cacert, debug=self.debug)
-        holder = _handles.get(None)
-        if holder is not None:
-            holder.append(curl)
-        return curl
-
-    def abort(self, curls: list[Curl]) -> None:
-        """Drop these transfers from the multi handle now; their connections close."""
-        for curl in curls:
-            with contextlib.suppress(CurlError):
-                self.acurl.remove_handle(curl)
-
-
-# One session per event loop (a session is bound to the loop it was made on).
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Session] = weakref.WeakKeyDictionary()
-
-
-# A block that opened its own session (`own_session`) uses it instead of the loop's.
-_own: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("own_session", default=None)
-
-
-def _new_session(config: ClientConfig) -> _Session:
-    return _Session(
-        impersonate=config.impersonate,
-        # The default of 10 would silently queue the 11th concurrent stream.
-        max_clients=config.max_clients,
-        http_version=CurlHttpVersion.V1_1 if config.base_url.startswith("http://") else None,
-        # No session-wide proxy: each request names its own (`ClientConfig.proxy_url`).
-        # libcurl's default 64 KB upload buffer is allocated per transfer for a JSON body of
-        # a few KB; its minimum, 16 KB, cut an open stream's memory by ~48 KB (docs/benchmarks.md).
-        curl_options={CurlOpt.UPLOAD_BUFFERSIZE: UPLOAD_BUFFER},
-        # No cookie jar: the session serves every account, so a cookie Grok sets for one (Cloudflare's
-        # __cf_bm, a rotated sso) must not ride on the next account's request. Each request carries
-        # exactly the cookies `GrokClient.headers` names.
-        discard_cookies=True,
-    )
-
-
-def _session(config: ClientConfig) -> _Session:
+def _transfers(config: ClientConfig) -> Transfers:
     own = _own.get()
     if own is not None:
         return own
     loop = asyncio.get_running_loop()
-    session = _sessions.get(loop)
-    if session is None:
-        session = _sessions[loop] = _new_session(config)
-    return session
+    transfers = _loops.get(loop)
+    if transfers is None:
+        transfers = _loops[loop] = Transfers(limit=config.max_clients)
+    return transfers
 
 
 @asynccontextmanager
 async def own_session(config: ClientConfig) -> AsyncIterator[None]:
-    """Calls inside this block use a session of their own, closed on the way out.
+    """Calls inside this block use transfers of their own, closed on the way out.
 
     For work that runs on a short-lived loop (an admin action through
-    `async_to_sync`), so no session outlives the loop it belongs to.
+    `async_to_sync`), so no curl handle outlives the loop it belongs to.
     """
-    session = _new_session(config)
-    marker = _own.set(session)
+    transfers = Transfers(limit=config.max_clients)
+    marker = _own.set(transfers)
     try:
         yield
     finally:
         _own.reset(marker)
-        await session.close()
+        await transfers.close()
 
 
 async def close_sessions() -> None:
-    """Close this loop's session (tests and shutdown)."""
-    session = _sessions.pop(asyncio.get_running_loop(), None)
-    if session is not None:
-        await session.close()
+    """Close this loop's transfers (tests and shutdown)."""
+    transfers = _loops.pop(asyncio.get_running_loop(), None)
+    if transfers is not None:
+        await transfers.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole answer to a short call."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
 
 
 class GrokClient:
@@ -330,6 +294,29 @@ class GrokClient:
             headers["Cookie"] = "; ".join(cookies)
         return headers
 
+    async def _start(self, method: str, url: str, headers: dict[str, str], body: bytes | None, *,
+                     seconds: float, proxied: bool = True) -> Transfer:
+        config = self.config
+        proxy = config.proxy_url if proxied else ""
+        with _translate(proxy):
+            return await _transfers(config).start(
+                method, url, headers, body, impersonate=config.impersonate, proxy=proxy,
+                connect_timeout=min(config.connect_timeout, seconds), lifetime=seconds,
+            )
+
+    async def _call(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, *,
+                    seconds: float, proxied: bool = True) -> Reply:
+        """A short call, answered whole. Raises `UpstreamTimeout` after `seconds`."""
+        transfer = await self._start(method, url, headers, body, seconds=seconds, proxied=proxied)
+        try:
+            with _translate(self.config.proxy_url if proxied else ""):
+                data = await transfer.body(asyncio.get_running_loop().time() + seconds)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no complete answer within {seconds:g} s", phase="total") from None
+        finally:
+            transfer.abort()
+        return Reply(transfer.status, transfer.headers, data)
+
     @asynccontextmanager
     async def chat(self, token: str, payload: dict, *, first_byte_timeout: float, total_timeout: float
                    ) -> AsyncIterator[LineStream]:
@@ -338,63 +325,45 @@ class GrokClient:
         Raises an `UpstreamError` before yielding when Grok answers an error
         status. Leaving the block stops the transfer at once, even mid-stream.
         """
-        url = self.config.base_url + CHAT_PATH
-        session = _session(self.config)
-        curls: list[Curl] = []
-        marker = _handles.set(curls)
+        transfer = await self._start(
+            "POST", self.config.base_url + CHAT_PATH, self.headers(token), json.dumps(payload).encode(),
+            seconds=total_timeout + 5,
+        )
         try:
-            request = asyncio.ensure_future(session.request(
-                "POST", url, headers=self.headers(token), data=json.dumps(payload), stream=True,
-                timeout=(self.config.connect_timeout, total_timeout + 5), proxy=self._proxy,
-            ))
+            with _translate(self.config.proxy_url):
+                started = await transfer.started(asyncio.get_running_loop().time() + first_byte_timeout)
+            if not started:
+                raise UpstreamTimeout(
+                    f"Grok sent no response headers within {first_byte_timeout:g} s", phase="first_byte"
+                )
+            if transfer.status != 200:
+                raise await self._error_from(transfer)
+            yield LineStream(transfer)
         finally:
-            _handles.reset(marker)
-        try:
-            done, _ = await asyncio.wait((request,), timeout=first_byte_timeout)
-        except BaseException:  # our caller was cancelled (the client left): stop the transfer too
-            await _abort(session, curls, request)
-            raise
-        if not done:
-            await _abort(session, curls, request)
-            raise UpstreamTimeout(
-                f"Grok sent no response headers within {first_byte_timeout:g} s", phase="first_byte"
-            )
-        with _translate(self.config.proxy_url):
-            response = request.result()
-        try:
-            if response.status_code != 200:
-                raise await self._error_from(response)
-            yield LineStream(response.queue)
-        finally:
-            if response.quit_now is not None:
-                response.quit_now.set()
-            await _abort(session, curls, response.astream_task)
+            transfer.abort()  # nothing when it has ended; else the client left, or we stop reading
 
     @staticmethod
-    async def _error_from(response: Response) -> UpstreamError:
+    async def _error_from(transfer: Transfer) -> UpstreamError:
         try:
             with _translate():
-                body = (await asyncio.wait_for(response.acontent(), 10))[:4096].decode("utf-8", "replace")
+                raw = await transfer.body(asyncio.get_running_loop().time() + 10, limit=4096)
+            body = raw.decode("utf-8", "replace")
         except (UpstreamError, TimeoutError):
             body = ""
         retry_after = None
-        raw = response.headers.get("retry-after")
-        if raw and raw.strip().isdigit():
-            retry_after = float(raw)
-        return classify_error_body(response.status_code, body, retry_after)
+        value = transfer.headers.get("retry-after")
+        if value and value.strip().isdigit():
+            retry_after = float(value)
+        return classify_error_body(transfer.status, body, retry_after)
 
     async def rate_limits(self, token: str, mode: str) -> dict:
         """`POST /rest/rate-limits` for one mode (§8.1); the pools issue builds quotas on it."""
-        session = _session(self.config)
-        with _translate(self.config.proxy_url):
-            response = await session.post(
-                self.config.base_url + RATE_LIMITS_PATH, headers=self.headers(token),
-                data=json.dumps({"modelName": mode}), timeout=30, proxy=self._proxy,
-            )
-        if response.status_code != 200:
-            raise classify_error_body(response.status_code, response.text)
+        reply = await self._call("POST", self.config.base_url + RATE_LIMITS_PATH, self.headers(token),
+                                 json.dumps({"modelName": mode}).encode(), seconds=30)
+        if reply.status != 200:
+            raise classify_error_body(reply.status, reply.text)
         try:
-            return response.json()
+            return json.loads(reply.body)
         except ValueError as exc:
             raise UpstreamProtocolError("rate-limits answer is not JSON") from exc
 
@@ -408,19 +377,14 @@ class GrokClient:
         refusal, `UpstreamProxyFailed` when the proxy fails, `UpstreamUnavailable`
         for a 5xx or a network error.
         """
-        session = _session(self.config)
-        timeouts = (min(self.config.connect_timeout, PROBE_TIMEOUT), PROBE_TIMEOUT)
-        with _translate(self.config.proxy_url):
-            if url:
-                response = await session.get(url, headers=self.headers(""), timeout=timeouts, proxy=self._proxy)
-            else:
-                response = await session.post(
-                    self.config.base_url + RATE_LIMITS_PATH, headers=self.headers(""),
-                    data=json.dumps({"modelName": "fast"}), timeout=timeouts, proxy=self._proxy,
-                )
-        status = response.status_code
+        if url:
+            reply = await self._call("GET", url, self.headers(""), seconds=PROBE_TIMEOUT)
+        else:
+            reply = await self._call("POST", self.config.base_url + RATE_LIMITS_PATH, self.headers(""),
+                                     json.dumps({"modelName": "fast"}).encode(), seconds=PROBE_TIMEOUT)
+        status = reply.status
         if status == 403 or status >= 500:
-            error = classify_error_body(status, response.text)
+            error = classify_error_body(status, reply.text)
             if isinstance(error, UpstreamBlocked | UpstreamUnavailable):
                 raise error
         return status
@@ -431,69 +395,48 @@ class GrokClient:
         Raises `UpstreamUnavailable` on a network error or a status other than 200;
         the message names the host only (such URLs often carry an API key).
         """
-        session = _session(self.config)
         host = urlsplit(url).netloc.rpartition("@")[2] or url[:40]
         try:
-            response = await session.get(url, timeout=PROBE_TIMEOUT)
-        except RequestException as exc:
-            raise UpstreamUnavailable(f"could not fetch from {host}: {exc}") from exc
-        if response.status_code != 200:
-            raise UpstreamUnavailable(f"{host} answered HTTP {response.status_code}", status=response.status_code)
-        return response.text
+            reply = await self._call("GET", url, {}, seconds=PROBE_TIMEOUT, proxied=False)
+        except UpstreamUnavailable as exc:
+            raise UpstreamUnavailable(f"could not fetch from {host}: {exc.__cause__ or exc}") from exc
+        if reply.status != 200:
+            raise UpstreamUnavailable(f"{host} answered HTTP {reply.status}", status=reply.status)
+        return reply.text
 
 
 class LineStream:
-    """The lines of one streaming answer, read straight from the queue curl's callbacks fill.
+    """The lines of one streaming answer, split from the body pieces as curl delivers them.
 
     `read(deadline)` returns every complete line that has arrived (at least one), so a
     burst of frames costs one wake-up; `[]` once the answer has ended; None when the
-    loop's clock reaches `deadline` first (None: wait as long as it takes). Waiting
-    costs a timer, not a task, and giving up on a wait loses nothing (the queue keeps
-    what arrives later).
+    loop's clock reaches `deadline` first (None: wait as long as it takes). Giving up
+    on a wait loses nothing: what arrives later is kept for the next read.
     """
 
-    __slots__ = ("_ended", "_error", "_partial", "_queue")
+    __slots__ = ("_partial", "_transfer")
 
-    def __init__(self, queue: asyncio.Queue) -> None:
-        self._queue = queue
+    def __init__(self, transfer: Transfer) -> None:
+        self._transfer = transfer
         self._partial = b""
-        self._ended = False
-        self._error: RequestException | None = None  # raised once the lines before it are read
 
     async def read(self, deadline: float | None) -> list[bytes] | None:
-        queue = self._queue
         lines: list[bytes] = []
-        while not lines and not self._ended:
-            if queue.empty():
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await queue.get()
-                except TimeoutError:
-                    return None
-                self._take(chunk, lines)
-            while not self._ended and not queue.empty():
-                self._take(queue.get_nowait(), lines)
-        if not lines and self._error is not None:
+        while not lines:
             with _translate():
-                raise self._error
-        return lines
-
-    def _take(self, chunk: object, lines: list[bytes]) -> None:
-        if chunk is STREAM_END:
-            self._ended = True
+                chunks = await self._transfer.read(deadline)
+            if not chunks:
+                if chunks is not None and self._partial:  # the answer ended without a last newline
+                    lines.append(self._partial)
+                    self._partial = b""
+                    return lines
+                return chunks
+            data = b"".join(chunks)
             if self._partial:
-                lines.append(self._partial)
-                self._partial = b""
-            return
-        if isinstance(chunk, RequestException):
-            self._ended = True
-            self._error = chunk
-            return
-        assert isinstance(chunk, bytes)
-        if self._partial:
-            chunk = self._partial + chunk
-        *complete, self._partial = chunk.split(b"\n")
-        lines.extend(line for line in complete if line.strip())
+                data = self._partial + data
+            *complete, self._partial = data.split(b"\n")
+            lines.extend(line for line in complete if line.strip())
+        return lines
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
@@ -502,12 +445,3 @@ class LineStream:
         while lines := await self.read(None):
             for line in lines:
                 yield line
-
-
-async def _abort(session: _Session, curls: list[Curl], task: asyncio.Future | None) -> None:
-    """Stop a transfer now, whatever state it is in, and wait for curl to let go of it."""
-    if task is not None and not task.done():
-        session.abort(curls)
-        task.cancel()
-    if task is not None:
-        await asyncio.gather(task, return_exceptions=True)

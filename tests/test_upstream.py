@@ -10,7 +10,7 @@ import pytest
 from curl_cffi._wrapper import ffi
 from curl_cffi.requests import exceptions as curl_exceptions
 
-from gateway import upstream
+from gateway import transfer, upstream
 from gateway.upstream import (
     ClientConfig,
     GrokClient,
@@ -144,20 +144,20 @@ async def test_it_stops_the_transfer_when_the_block_is_left_mid_stream(fake_grok
 
 async def test_its_curl_handles_skip_the_128_kb_websocket_buffer_http_never_reads(fake_grok):
     # curl_cffi's default handle zero-fills 128 KB per handle up front: most of an open stream's memory.
-    client = _client(fake_grok)
-    session = upstream._session(client.config)
-    curl = await session.pop_curl()
-    try:
-        assert len(ffi.buffer(curl._ws_recv_buffer)) <= 4096
-    finally:
-        session.push_curl(curl)
+    fake_grok.reset()
+    async with _client(fake_grok).chat("tok-ws", {"modeId": "fast", "message": "hi"},
+                                       first_byte_timeout=5, total_timeout=10) as lines:
+        assert [line async for line in lines]
+    await asyncio.sleep(0)
+    (curl,) = upstream._loops[asyncio.get_running_loop()].idle
+    assert len(ffi.buffer(curl._ws_recv_buffer)) <= 4096
     await upstream.close_sessions()
 
 
 async def test_a_large_prompt_goes_out_whole_through_the_small_upload_buffer(fake_grok):
     # The upload buffer is 16 KB (memory per open stream); a body many times that size still arrives intact.
     fake_grok.reset()
-    prompt = "x" * (upstream.UPLOAD_BUFFER * 5 + 123)
+    prompt = "x" * (transfer.UPLOAD_BUFFER * 5 + 123)
     async with _client(fake_grok).chat("tok-big", {"modeId": "fast", "message": prompt},
                                        first_byte_timeout=5, total_timeout=10) as lines:
         assert [line async for line in lines]
@@ -179,4 +179,22 @@ async def test_cookies_grok_sets_for_one_account_never_ride_on_anothers_request(
     cookies = sorted(part.strip().split("=", 1)[0] for part in second.headers["cookie"].split(";"))
     assert cookies == ["sso", "sso-rw"]
     assert "tok-jar-a" not in second.headers["cookie"]
+    await upstream.close_sessions()
+
+
+async def test_one_curl_handle_serves_request_after_request_set_up_once(fake_grok):
+    # The handle keeps its impersonation between requests (no reset, no forty options set
+    # again); each request still carries only its own URL, body, headers and cookies.
+    fake_grok.reset()
+    client = _client(fake_grok)
+    for token in ("tok-reuse-a", "tok-reuse-b"):
+        async with client.chat(token, {"modeId": "fast", "message": token},
+                               first_byte_timeout=5, total_timeout=10) as lines:
+            assert [line async for line in lines]
+        await asyncio.sleep(0)
+    (curl,) = upstream._loops[asyncio.get_running_loop()].idle
+    assert curl.shape == ("chrome136", True)
+    (second,) = fake_grok.requests("tok-reuse-b")
+    assert second.json["message"] == "tok-reuse-b"
+    assert "tok-reuse-a" not in second.headers["cookie"]
     await upstream.close_sessions()
