@@ -36,7 +36,7 @@ class _HttpCurl(Curl):
     WebSocket receive buffer up front: 87 % of an open stream's memory in our measurements
     (docs/benchmarks.md), for a buffer no HTTP transfer reads."""
 
-    _WS_RECV_BUFFER_SIZE = 4096
+    _WS_RECV_BUFFER_SIZE = 64
     shape: tuple[str, bool] | None = None  # (impersonation target, HTTP/1.1 only) it is set up for
 
 

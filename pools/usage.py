@@ -15,9 +15,9 @@ seconds (default 1):
                                                         use when the backend counts it at release
     flush(using=None) / aflush(using=None)              write everything pending now
 
-One flush is one transaction per database alias with a handful of UPDATEs,
-however many requests it covers: accounts with the same number of new uses share
-one statement, every failure reset is one statement, and quota debits share one
+One flush is one transaction per database alias with a handful of statements,
+however many requests it covers: use counts are one prepared UPDATE run once per
+account (`executemany`), every failure reset is one statement, and quota debits share one
 statement per (mode, amount). `remaining` never goes below 0 and an unknown
 (null) `remaining` stays unknown, as `pools.leasing.outcomes.settle` does it.
 
@@ -57,7 +57,7 @@ from datetime import datetime
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Case, DateTimeField, F, Q, Value, When
+from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -264,33 +264,18 @@ def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:
 def _write(using: str, entries: dict[int, Entry]) -> None:
     """The pending entries of one alias, in one transaction of as few UPDATEs as they allow."""
     accounts = Account.objects.using(using)
-    uses: defaultdict[int, list[tuple[int, datetime | None]]] = defaultdict(list)
+    uses: list[tuple[int, int, datetime | None]] = []
     debits: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
     resets: list[int] = []
     for account_id, entry in sorted(entries.items()):
         if entry.uses:
-            uses[entry.uses].append((account_id, entry.last_used))
+            uses.append((account_id, entry.uses, entry.last_used))
         if entry.reset_failures:
             resets.append(account_id)
         for mode, cost in entry.debits.items():
             debits[(mode, cost)].append(account_id)
     with transaction.atomic(using=using):
-        for n, rows in uses.items():
-            for chunk in _chunks(rows):
-                # Each account's own latest use; never moved back (another worker, or a failure
-                # settled at once, may have written a later one).
-                latest = Case(
-                    *(
-                        When(Q(pk=pk) & (Q(last_used_at__isnull=True) | Q(last_used_at__lt=at)), then=Value(at))
-                        for pk, at in chunk
-                        if at is not None
-                    ),
-                    default=F("last_used_at"),
-                    output_field=DateTimeField(),
-                )
-                accounts.filter(pk__in=[pk for pk, _ in chunk]).update(
-                    use_count=F("use_count") + n, last_used_at=latest
-                )
+        _count_uses(using, uses)
         for chunk in _chunks(resets):
             accounts.filter(pk__in=chunk).exclude(failure_count=0, last_error="").update(failure_count=0, last_error="")
         for (mode, cost), ids in debits.items():
@@ -299,6 +284,31 @@ def _write(using: str, entries: dict[int, Entry]) -> None:
                 Quota.objects.using(using).filter(account_id__in=chunk, mode=mode, remaining__isnull=False).update(
                     remaining=Greatest(F("remaining") - cost, Value(0))
                 )
+
+
+def _count_uses(using: str, uses: list[tuple[int, int, datetime | None]]) -> None:
+    """Add each account's new uses and move its `last_used_at` forward (never back: another
+    worker, or a failure settled at once, may have written a later one).
+
+    One prepared UPDATE run once per account: the ORM's CASE of one WHEN per account, built
+    every second, cost the worker more CPU than the statement itself (docs/benchmarks.md).
+    """
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    table = quote(Account._meta.db_table)
+    count, last, pk = (quote(Account._meta.get_field(name).column) for name in ("use_count", "last_used_at", "id"))
+    adapt = connection.ops.adapt_datetimefield_value
+    dated = [(n, adapt(at), adapt(at), pk_) for pk_, n, at in uses if at is not None]
+    undated = [(n, pk_) for pk_, n, at in uses if at is None]
+    with connection.cursor() as cursor:
+        if dated:
+            cursor.executemany(
+                f"UPDATE {table} SET {count} = {count} + %s, {last} = CASE WHEN {last} IS NULL OR {last} < %s "
+                f"THEN %s ELSE {last} END WHERE {pk} = %s",
+                dated,
+            )
+        if undated:
+            cursor.executemany(f"UPDATE {table} SET {count} = {count} + %s WHERE {pk} = %s", undated)
 
 
 # --- the process-wide ledger and its background flusher ------------------------------------------
