@@ -54,7 +54,10 @@ class Transfer:
     the pieces curl delivered them.
     """
 
-    __slots__ = ("_chunks", "_curl", "_ended", "_error", "_header_lines", "_loop", "_pool", "_waiter", "status")
+    __slots__ = (
+        "_chunks", "_curl", "_deadline", "_ended", "_error", "_header_lines", "_loop", "_pool", "_timer", "_waiter",
+        "status",
+    )
 
     def __init__(self, pool: Transfers, curl: _HttpCurl) -> None:
         self._pool = pool
@@ -63,6 +66,8 @@ class Transfer:
         self._chunks: list[bytes] = []
         self._header_lines: list[bytes] = []
         self._waiter: asyncio.Future[bool] | None = None
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._ended = False
         self._error: RequestException | None = None
         self.status = 0
@@ -95,6 +100,9 @@ class Transfer:
             self.status = self._curl.getinfo(CurlInfo.RESPONSE_CODE)
         self._ended = True
         self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._pool._release(self._curl)
 
     def _wake(self) -> None:
@@ -107,13 +115,29 @@ class Transfer:
     async def _wait(self, deadline: float | None) -> bool:
         """Until curl brings something (True) or the loop's clock reaches `deadline` (False)."""
         waiter = self._waiter = self._loop.create_future()
-        timer = None if deadline is None else self._loop.call_at(deadline, _expire, waiter)
+        self._deadline = deadline
+        timer = self._timer
+        if deadline is not None and (timer is None or timer.when() > deadline):
+            # One timer per transfer, not one per wait: deadlines mostly move forward (an idle
+            # gap counted from the last piece), so the armed timer fires early at worst and
+            # re-arms itself for the deadline of the wait then in progress (`_check_deadline`).
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
         try:
             return await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter, deadline = self._waiter, self._deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return  # no wait in progress: the next one arms a timer again
+        if self._loop.time() >= deadline:
+            waiter.set_result(False)
+        else:
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
 
     async def started(self, deadline: float | None) -> bool:
         """Wait for the answer to start; False if `deadline` came first. Raises what
@@ -172,11 +196,6 @@ class Transfer:
         if not self._ended:
             self._ended = True
             self._pool._abort(self._curl)
-
-
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
 
 
 class Transfers:

@@ -153,19 +153,21 @@ def _proxy_failure(exc: RequestException) -> bool:
     return isinstance(exc, CurlConnectionError) and getattr(exc, "code", None) in _PROXY_CODES
 
 
+def _upstream_error(exc: RequestException, proxy: str = "") -> UpstreamUnavailable:
+    """What a curl_cffi failure means for us; through `proxy`, the failures between us and
+    the proxy (resolve, connect, tunnel, TLS handshake) are the proxy's."""
+    if proxy and _proxy_failure(exc):
+        return UpstreamProxyFailed(f"proxy {mask_proxy(proxy)} failed: {exc}")
+    return UpstreamUnavailable(f"network error talking to Grok: {exc}")
+
+
 @contextmanager
 def _translate(proxy: str = "") -> Iterator[None]:
-    """Turn every curl_cffi failure into an `UpstreamUnavailable`, keeping the cause.
-
-    When the request went through `proxy`, failures that happen between us and the
-    proxy (resolve, connect, tunnel, TLS handshake) become `UpstreamProxyFailed`.
-    """
+    """Turn every curl_cffi failure in the block into an `UpstreamUnavailable`, keeping the cause."""
     try:
         yield
     except RequestException as exc:
-        if proxy and _proxy_failure(exc):
-            raise UpstreamProxyFailed(f"proxy {mask_proxy(proxy)} failed: {exc}") from exc
-        raise UpstreamUnavailable(f"network error talking to Grok: {exc}") from exc
+        raise _upstream_error(exc, proxy) from exc
 
 
 def mask_proxy(url: str) -> str:
@@ -423,8 +425,10 @@ class LineStream:
     async def read(self, deadline: float | None) -> list[bytes] | None:
         lines: list[bytes] = []
         while not lines:
-            with _translate():
+            try:
                 chunks = await self._transfer.read(deadline)
+            except RequestException as exc:  # not `_translate()`: a context manager per read costs
+                raise _upstream_error(exc) from exc
             if not chunks:
                 if chunks is not None and self._partial:  # the answer ended without a last newline
                     lines.append(self._partial)

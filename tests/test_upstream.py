@@ -198,3 +198,19 @@ async def test_one_curl_handle_serves_request_after_request_set_up_once(fake_gro
     assert second.json["message"] == "tok-reuse-b"
     assert "tok-reuse-a" not in second.headers["cookie"]
     await upstream.close_sessions()
+
+
+async def test_a_read_gives_up_at_its_deadline_even_when_an_earlier_wait_armed_a_later_one(fake_grok):
+    # Waits share one timer per transfer; a wait whose deadline comes before the armed timer
+    # (the first-byte budget is longer than the idle gap that follows) still ends on time.
+    fake_grok.reset()
+    loop = asyncio.get_running_loop()
+    async with _client(fake_grok).chat("tok-dl", {"modeId": "fast", "message": "[fake:stall-after=3]"},
+                                       first_byte_timeout=20, total_timeout=30) as lines:
+        while (got := await lines.read(loop.time() + 0.3)) is not None:
+            assert got, "the stall comes before the end"
+        started = loop.time()
+        assert await lines.read(loop.time() + 0.2) is None
+        assert loop.time() - started < 1.0
+        assert await lines.read(None)  # the rest still arrives after the silence
+    await upstream.close_sessions()
