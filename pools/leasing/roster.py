@@ -110,8 +110,9 @@ class Candidate:
         return (-self.priority, self.rank, -self.quota_left(mode, now), self.last_used, self.id)
 
 
-def eligible(candidates: list[Candidate], request: LeaseRequest, now: float) -> list[Candidate]:
-    """Candidates able to serve `request` now, in lease order (before in-flight counts)."""
+def eligible(candidates: list[Candidate], request: LeaseRequest, now: float, *, ordered: bool = True
+             ) -> list[Candidate]:
+    """Candidates able to serve `request` now, in lease order (before in-flight counts) when `ordered`."""
     found = [
         c
         for c in candidates
@@ -119,7 +120,8 @@ def eligible(candidates: list[Candidate], request: LeaseRequest, now: float) -> 
         and c.id not in request.exclude
         and c.available_at(request.mode, request.cost, now) == 0
     ]
-    found.sort(key=lambda c: c.order(request.mode, now))
+    if ordered:
+        found.sort(key=lambda c: c.order(request.mode, now))
     return found
 
 
@@ -180,13 +182,14 @@ class Roster:
         self._epoch = 0  # bumped by every install and every `forget`: a background read older than either is dropped
         self._revalidation: asyncio.Task | None = None  # the background re-read in flight, at most one
 
-    async def eligible(self, request: LeaseRequest) -> list[Candidate]:
-        """Eligible candidates in lease order; an empty answer is always from fresh rows."""
+    async def eligible(self, request: LeaseRequest, *, ordered: bool = True) -> list[Candidate]:
+        """Eligible candidates, in lease order when `ordered` (a backend that weighs each one
+        itself skips the sort); an empty answer is always from fresh rows."""
         fresh = await self._ensure()
-        found = eligible(self._candidates or [], request, time.time())
+        found = eligible(self._candidates or [], request, time.time(), ordered=ordered)
         if not found and not fresh:
             await self._reload()
-            found = eligible(self._candidates or [], request, time.time())
+            found = eligible(self._candidates or [], request, time.time(), ordered=ordered)
         return found
 
     async def _ensure(self) -> bool:
