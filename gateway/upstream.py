@@ -15,7 +15,7 @@ bodies and curl errors are translated here, once, into this hierarchy:
 
 No other module catches a curl_cffi exception. Each request leaves through the
 proxy, `cf_clearance` and user agent of its client's `ClientConfig` (one
-`GrokClient` per route; the curl session underneath is shared per event loop).
+`GrokClient` per route; the curl handles underneath, `gateway.transfer`, are shared per event loop).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ async def test_a_large_prompt_goes_out_whole_through_the_small_upload_buffer(fak
 
 
 async def test_cookies_grok_sets_for_one_account_never_ride_on_anothers_request(fake_grok):
-    # One curl session serves every account: a jar shared across them would send account A's
+    # One set of curl handles serves every account: a jar shared across them would send account A's
     # cookies (Cloudflare's __cf_bm today, a rotated sso tomorrow) with account B's requests.
     fake_grok.reset()
     client = _client(fake_grok)
