@@ -129,8 +129,8 @@ class Renderer:
         }
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+# One encoder for every chunk: `json.dumps` with options builds a new one per call.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class ChunkWriter:
