@@ -155,6 +155,18 @@ def load(using: str) -> list[Candidate]:
     return list(found.values())
 
 
+def _next_change(candidates: list[Candidate], mode: str, now: float) -> float:
+    """The first instant after `now` when a cooldown or quota window of `mode` ends (inf: none)."""
+    soonest = math.inf
+    for c in candidates:
+        quota = c.quotas.get(mode)
+        moments = (c.cooldown_until,) if quota is None else (c.cooldown_until, quota.cooldown_until, quota.resets_at)
+        for moment in moments:
+            if moment is not None and now < moment < soonest:
+                soonest = moment
+    return soonest
+
+
 class _Generation:
     """Bumped when this process saves an account or quota, so every roster re-reads at once."""
 
@@ -181,15 +193,31 @@ class Roster:
         self._generation = -1
         self._epoch = 0  # bumped by every install and every `forget`: a background read older than either is dropped
         self._revalidation: asyncio.Task | None = None  # the background re-read in flight, at most one
+        # Unordered answers by (mode, cost, tier): (epoch, valid until, candidates). Eligibility only
+        # changes with the snapshot, a debit, or when a cooldown or quota window passes.
+        self._answers: dict[tuple[str, int, str], tuple[int, float, list[Candidate]]] = {}
 
     async def eligible(self, request: LeaseRequest, *, ordered: bool = True) -> list[Candidate]:
         """Eligible candidates, in lease order when `ordered` (a backend that weighs each one
         itself skips the sort); an empty answer is always from fresh rows."""
         fresh = await self._ensure()
-        found = eligible(self._candidates or [], request, time.time(), ordered=ordered)
+        found = self._eligible(request, ordered)
         if not found and not fresh:
             await self._reload()
-            found = eligible(self._candidates or [], request, time.time(), ordered=ordered)
+            found = self._eligible(request, ordered)
+        return found
+
+    def _eligible(self, request: LeaseRequest, ordered: bool) -> list[Candidate]:
+        now, candidates = time.time(), self._candidates or []
+        if ordered or request.exclude:
+            return eligible(candidates, request, now, ordered=ordered)
+        # Unordered (the local backend, once per lease): the same answer until something changes.
+        key = (request.mode, request.cost, request.tier)
+        answer = self._answers.get(key)
+        if answer is not None and answer[0] == self._epoch and now < answer[1]:
+            return answer[2]
+        found = eligible(candidates, request, now, ordered=False)
+        self._answers[key] = (self._epoch, _next_change(candidates, request.mode, now), found)
         return found
 
     async def _ensure(self) -> bool:
@@ -245,4 +273,6 @@ class Roster:
                 if quota is not None and quota.remaining is not None:
                     left = max(quota.remaining - cost, 0)
                     candidate.quotas[mode] = QuotaView(left, quota.cooldown_until, quota.resets_at)
+                    if any(key[0] == mode and left < key[1] for key in self._answers):
+                        self._answers.clear()  # it may no longer afford a cost asked before
                 return
