@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import inspect
 
 import pytest
@@ -213,4 +214,24 @@ async def test_a_read_gives_up_at_its_deadline_even_when_an_earlier_wait_armed_a
         assert await lines.read(loop.time() + 0.2) is None
         assert loop.time() - started < 1.0
         assert await lines.read(None)  # the rest still arrives after the silence
+    await upstream.close_sessions()
+
+
+async def test_a_reused_handle_never_keeps_the_last_requests_proxy(fake_grok, farm):
+    # Handles keep their set-up between requests, so each request must set its own route:
+    # through a proxy, then direct, then through another proxy, on one and the same handle.
+    fake_grok.reset()
+    a, b = farm.proxy("a"), farm.proxy("b")
+    config = _client(fake_grok).config
+    routes = [("tok-route-1", a.url), ("tok-route-2", ""), ("tok-route-3", b.url)]
+    for token, proxy in routes:
+        client = GrokClient(dataclasses.replace(config, proxy_url=proxy))
+        async with client.chat(token, {"modeId": "fast", "message": "hi"},
+                               first_byte_timeout=5, total_timeout=10) as lines:
+            assert [line async for line in lines]
+        await asyncio.sleep(0)
+    assert len(upstream._loops[asyncio.get_running_loop()].idle) == 1  # the same handle each time
+    assert [s.token for s in a.seen()] == ["tok-route-1"]
+    assert [s.token for s in b.seen()] == ["tok-route-3"]
+    assert len(fake_grok.requests("tok-route-2")) == 1
     await upstream.close_sessions()
