@@ -172,8 +172,7 @@ class Transfer:
                     parts.append(chunk)
                     size += len(chunk)
         if chunks is None:
-            self.abort()
-            raise TimeoutError
+            raise TimeoutError  # the caller owns the transfer and aborts it
         return b"".join(parts)[:limit]
 
     @property

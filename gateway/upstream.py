@@ -266,10 +266,6 @@ class GrokClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
 
-    @property
-    def _proxy(self) -> str | None:
-        return self.config.proxy_url or None
-
     def headers(self, token: str, *, referer: str = "/") -> dict[str, str]:
         """The §1.3 headers of a browser tab on grok.com, with the account's cookies (none for "")."""
         origin = "https://grok.com"
@@ -297,9 +293,8 @@ class GrokClient:
         return headers
 
     async def _start(self, method: str, url: str, headers: dict[str, str], body: bytes | None, *,
-                     seconds: float, proxied: bool = True) -> Transfer:
+                     seconds: float, proxy: str) -> Transfer:
         config = self.config
-        proxy = config.proxy_url if proxied else ""
         with _translate(proxy):
             return await _transfers(config).start(
                 method, url, headers, body, impersonate=config.impersonate, proxy=proxy,
@@ -309,9 +304,10 @@ class GrokClient:
     async def _call(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, *,
                     seconds: float, proxied: bool = True) -> Reply:
         """A short call, answered whole. Raises `UpstreamTimeout` after `seconds`."""
-        transfer = await self._start(method, url, headers, body, seconds=seconds, proxied=proxied)
+        proxy = self.config.proxy_url if proxied else ""
+        transfer = await self._start(method, url, headers, body, seconds=seconds, proxy=proxy)
         try:
-            with _translate(self.config.proxy_url if proxied else ""):
+            with _translate(proxy):
                 data = await transfer.body(asyncio.get_running_loop().time() + seconds)
         except TimeoutError:
             raise UpstreamTimeout(f"no complete answer within {seconds:g} s", phase="total") from None
@@ -327,12 +323,13 @@ class GrokClient:
         Raises an `UpstreamError` before yielding when Grok answers an error
         status. Leaving the block stops the transfer at once, even mid-stream.
         """
+        proxy = self.config.proxy_url
         transfer = await self._start(
             "POST", self.config.base_url + CHAT_PATH, self.headers(token), json.dumps(payload).encode(),
-            seconds=total_timeout + 5,
+            seconds=total_timeout + 5, proxy=proxy,
         )
         try:
-            with _translate(self.config.proxy_url):
+            with _translate(proxy):
                 started = await transfer.started(asyncio.get_running_loop().time() + first_byte_timeout)
             if not started:
                 raise UpstreamTimeout(

@@ -19,7 +19,6 @@ from collections import defaultdict
 from pools import usage
 from pools.leasing.base import Grant, LeaseRequest, Refusal, Ticket
 from pools.leasing.roster import Roster
-from pools.models import TIER_ORDER
 
 
 class LocalBackend:
@@ -60,14 +59,13 @@ class LocalBackend:
             now, wall = time.monotonic(), time.time()
             self._sweep(now)
             best, best_order = None, None
-            mode, default_limit, last_used = request.mode, request.default_limit, self._last_used
             for c in candidates:
                 held = self._held.get(c.id)
                 n = len(held) if held else 0
-                if n >= (c.max_concurrent or default_limit):
+                if n >= c.limit(request.default_limit):
                     continue
-                last = max(c.last_used, last_used.get(c.id, 0.0))
-                order = (-c.priority, TIER_ORDER[c.tier], n, -c.quota_left(mode, wall), last, c.id)
+                last = max(c.last_used, self._last_used.get(c.id, 0.0))
+                order = (-c.priority, c.rank, n, -c.quota_left(request.mode, wall), last, c.id)
                 if best_order is None or order < best_order:
                     best, best_order = c, order
             if best is None:
