@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import threading
 import time
@@ -43,6 +44,31 @@ def _add_postgres_alias() -> None:
 
 
 _add_postgres_alias()
+
+
+def _one_ast_parse_at_a_time() -> None:
+    """CPython before the fix for cpython#106905 keeps the AST constructor's recursion depth in shared state.
+
+    Two threads in `ast.parse` at once can fail with "SystemError: AST constructor recursion
+    depth mismatch". Both pytest (showing a failure's source) and `traceback` (placing the
+    `^^^` under a logged exception, as the gateway's server thread does) call it, so a test
+    failing while a background thread logs an error crashed the whole run (INTERNALERROR)
+    and hid which test failed.
+    """
+    if getattr(ast.parse, "_serialized", False):
+        return
+    lock = threading.Lock()
+    parse = ast.parse
+
+    def serialized(*args, **kwargs):
+        with lock:
+            return parse(*args, **kwargs)
+
+    serialized._serialized = True
+    ast.parse = serialized
+
+
+_one_ast_parse_at_a_time()
 
 
 @pytest.fixture(scope="session")
