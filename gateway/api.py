@@ -9,7 +9,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
@@ -27,6 +27,7 @@ from gateway.messages import flatten
 from gateway.models import CATALOGUE_CREATED, ModelSpec, all_models, get_model, tier_satisfies
 from gateway.schemas import ChatCompletionRequest, ErrorBody, Model, ModelList
 from gateway.stream import Aggregator, ChunkWriter
+from grok2api.api_handler import EventStream
 from pools.selection import available_tiers
 
 logger = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(completion_id, created, body.model, include_usage=include_usage)
-        return StreamingHttpResponse(
-            _sse(session, writer), content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
-        )
+        return EventStream(_sse(session, writer), content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS)
     aggregator = Aggregator()
     try:
         async for batch in session.batches():
