@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 from curl_cffi import Curl, CurlError, CurlHttpVersion, CurlInfo, CurlOpt
-from curl_cffi._wrapper import ffi
+from curl_cffi._wrapper import ffi, lib
 from curl_cffi.aio import AsyncCurl
 from curl_cffi.curl import CURL_WRITEFUNC_ERROR
 from curl_cffi.requests.exceptions import RequestException, code2error
@@ -280,27 +279,50 @@ def _shape(curl: _HttpCurl, impersonate: str, http1: bool) -> None:
 
 def _prepare(curl: _HttpCurl, transfer: Transfer, method: str, url: str, headers: dict[str, str],
              body: bytes | None, proxy: str, connect_timeout: float, lifetime: float) -> None:
-    """The options of one request, each set every time (the handle still holds the last request's)."""
-    setopt: Callable[[CurlOpt, object], int] = curl.setopt
-    setopt(CurlOpt.URL, url.encode())
+    """The options of one request, each set every time (the handle still holds the last request's).
+
+    Straight through libcurl's setopt: curl_cffi's `Curl.setopt` builds two dicts and a
+    set to classify each option, a cost paid a dozen times per request (docs/benchmarks.md).
+    """
+    handle = curl._curl
+    _set(handle, _URL, url.encode())
     if method == "POST":
         body = body or b""
-        setopt(CurlOpt.POSTFIELDS, body)  # not copied by libcurl: the handle keeps a reference
-        setopt(CurlOpt.POSTFIELDSIZE, len(body))
-        setopt(CurlOpt.CUSTOMREQUEST, ffi.NULL)
+        curl._body_handle = body  # not copied by libcurl: the handle keeps it until the transfer ends
+        _set(handle, _POSTFIELDS, body)
+        _set(handle, _POSTFIELDSIZE, ffi.new("long*", len(body)))
+        _set(handle, _CUSTOMREQUEST, ffi.NULL)
     else:
-        setopt(CurlOpt.HTTPGET, 1)
-        setopt(CurlOpt.CUSTOMREQUEST, ffi.NULL if method == "GET" else method.encode())
-    lines = [f"{name}: {value}".encode() for name, value in headers.items()]
-    lines.append(b"Expect:")  # never wait for a 100 Continue
-    setopt(CurlOpt.HTTPHEADER, lines)
+        _set(handle, _HTTPGET, ffi.new("long*", 1))
+        _set(handle, _CUSTOMREQUEST, ffi.NULL if method == "GET" else method.encode())
+    lines = curl._headers  # freed when the handle goes back idle (`clean_handles_and_buffers`)
+    for name, value in headers.items():
+        lines = lib.curl_slist_append(lines, f"{name}: {value}".encode())
+    curl._headers = lines = lib.curl_slist_append(lines, b"Expect:")  # never wait for a 100 Continue
+    _set(handle, _HTTPHEADER, lines)
     if proxy:
-        setopt(CurlOpt.PROXY, proxy.encode())
-        setopt(CurlOpt.HTTPPROXYTUNNEL, int(url.startswith("https://") and not proxy.startswith("socks")))
+        tunnel = url.startswith("https://") and not proxy.startswith("socks")
+        _set(handle, _PROXY, proxy.encode())
+        _set(handle, _HTTPPROXYTUNNEL, ffi.new("long*", int(tunnel)))
     else:
-        setopt(CurlOpt.PROXY, ffi.NULL)  # libcurl's default again: the environment's proxy, if any
-        setopt(CurlOpt.HTTPPROXYTUNNEL, 0)
-    setopt(CurlOpt.CONNECTTIMEOUT_MS, int(connect_timeout * 1000))
-    setopt(CurlOpt.TIMEOUT_MS, int(lifetime * 1000))
-    setopt(CurlOpt.HEADERFUNCTION, transfer._on_header)
-    setopt(CurlOpt.WRITEFUNCTION, transfer._on_body)
+        _set(handle, _PROXY, ffi.NULL)  # libcurl's default again: the environment's proxy, if any
+        _set(handle, _HTTPPROXYTUNNEL, ffi.new("long*", 0))
+    _set(handle, _CONNECTTIMEOUT_MS, ffi.new("long*", int(connect_timeout * 1000)))
+    _set(handle, _TIMEOUT_MS, ffi.new("long*", int(lifetime * 1000)))
+    curl.setopt(CurlOpt.HEADERFUNCTION, transfer._on_header)
+    curl.setopt(CurlOpt.WRITEFUNCTION, transfer._on_body)
+
+
+_URL, _POSTFIELDS, _POSTFIELDSIZE, _CUSTOMREQUEST, _HTTPGET, _HTTPHEADER, _PROXY, _HTTPPROXYTUNNEL = (
+    int(option) for option in (CurlOpt.URL, CurlOpt.POSTFIELDS, CurlOpt.POSTFIELDSIZE, CurlOpt.CUSTOMREQUEST,
+                               CurlOpt.HTTPGET, CurlOpt.HTTPHEADER, CurlOpt.PROXY, CurlOpt.HTTPPROXYTUNNEL)
+)
+_CONNECTTIMEOUT_MS, _TIMEOUT_MS = int(CurlOpt.CONNECTTIMEOUT_MS), int(CurlOpt.TIMEOUT_MS)
+
+
+def _set(handle: object, option: int, value: object) -> None:
+    """`curl_easy_setopt` (curl_cffi's glue takes a long option as a `long*`)."""
+    code = lib._curl_easy_setopt(handle, option, value)
+    if code:
+        message = f"curl refused option {CurlOpt(option).name} (libcurl error {code})"
+        raise code2error(code, message)(message, code)
