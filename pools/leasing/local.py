@@ -58,16 +58,19 @@ class LocalBackend:
         with self._lock:
             now, wall = time.monotonic(), time.time()
             self._sweep(now)
-            best, best_order = None, None
+            best = best_head = best_order = None
             for c in candidates:
                 held = self._held.get(c.id)
                 n = len(held) if held else 0
                 if n >= c.limit(request.default_limit):
                     continue
+                head = (-c.priority, c.rank, n)
+                if best_head is not None and head > best_head:
+                    continue  # already behind on the cheap part of the order (most candidates under load)
                 last = max(c.last_used, self._last_used.get(c.id, 0.0))
-                order = (-c.priority, c.rank, n, -c.quota_left(request.mode, wall), last, c.id)
+                order = (*head, -c.quota_left(request.mode, wall), last, c.id)
                 if best_order is None or order < best_order:
-                    best, best_order = c, order
+                    best, best_head, best_order = c, head, order
             if best is None:
                 return Refusal.BUSY
             key = uuid.uuid4().hex
