@@ -135,6 +135,9 @@ class Run:
         raw = self.requests[index % len(self.requests)]
         conn: HttpConnection | None = None
         first = True
+        stagger = self.spec.get("stagger", 0.0)
+        if stagger:  # this user's phase among all of the level's users, over one answer's length
+            await asyncio.sleep(stagger * (self.spec["first_user"] + index) / self.spec["all_users"])
         while self._take():
             if conn is None or conn.closed:
                 try:

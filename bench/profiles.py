@@ -23,6 +23,11 @@ class Profile:
     tokens: int = 50  # accounts imported (and tokens the direct client cycles through)
     nonstream: bool = True
 
+    @property
+    def answer_seconds(self) -> float:
+        """How long one paced answer lasts: the spread of staggered arrivals."""
+        return self.pace_count * self.pace_ms / 1000
+
     def level_requests(self, concurrency: int) -> int:
         return max(self.max_requests, concurrency * 3)
 

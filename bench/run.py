@@ -64,18 +64,21 @@ def run_direct(profile: Profile, fake: Fake, tokens: list[str]) -> dict[str, Any
     out: dict[str, Any] = {"source": target.source, "stream": {}}
     say(f"direct: holding {profile.hold_streams} streams open")
     out["memory"] = scenarios.hold(held, profile.hold_streams, deadline=profile.deadline, server=server)
-    for level in profile.concurrency:
-        waited = settle(server, fake)
-        summary = scenarios.load(target, level, duration=profile.duration, max_requests=profile.level_requests(level),
-                                 deadline=profile.deadline, server=server)
-        out["stream"][str(level)] = summary | {"settle_s": waited}
-        say(f"direct c={level}: {_brief(summary)}")
+    for kind, stagger in (("stream", 0.0), ("stream_staggered", profile.answer_seconds)):
+        out.setdefault(kind, {})
+        for level in profile.concurrency:
+            waited = settle(server, fake)
+            summary = scenarios.load(target, level, duration=profile.duration,
+                                     max_requests=profile.level_requests(level), deadline=profile.deadline,
+                                     server=server, stagger=stagger)
+            out[kind][str(level)] = summary | {"settle_s": waited}
+            say(f"direct {kind} c={level}: {_brief(summary)}")
     return out
 
 
 def run_config(profile: Profile, fake: Fake, backend: Backend, server: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": f"{backend.mode}/{server}", "mode": backend.mode, "server": server,
-                             "stream": {}, "nonstream": {}, "memory": None, "error": None}
+                             "stream": {}, "stream_staggered": {}, "nonstream": {}, "memory": None, "error": None}
     gw: Gateway | None = None
     try:
         with Gateway(server, backend, fake.url) as gw:
@@ -95,13 +98,15 @@ def run_config(profile: Profile, fake: Fake, backend: Backend, server: str) -> d
             # connections exist): what each open stream costs a server that has seen its peak before.
             entry["memory_again"] = scenarios.hold(held, profile.hold_streams, deadline=profile.deadline,
                                                    server=gw.pids())
-            kinds = [("stream", streaming)] + ([("nonstream", whole)] if profile.nonstream else [])
-            for kind, target in kinds:
+            kinds = [("stream", streaming, 0.0), ("stream_staggered", streaming, profile.answer_seconds)]
+            kinds += [("nonstream", whole, 0.0)] if profile.nonstream else []
+            for kind, target, stagger in kinds:
                 for level in profile.concurrency:
                     waited = settle(gw.pids(), fake)
                     summary = scenarios.load(target, level, duration=profile.duration,
                                              max_requests=profile.level_requests(level), deadline=profile.deadline,
-                                             server=gw.pids(), upstream=[fake.pid], db=backend.db_counters)
+                                             server=gw.pids(), upstream=[fake.pid], db=backend.db_counters,
+                                             stagger=stagger)
                     entry[kind][str(level)] = summary | {"settle_s": waited}
                     say(f"{entry['name']} {kind} c={level}: {_brief(summary)}")
             entry["alive_after"] = gw.proc is not None and gw.proc.poll() is None
@@ -113,12 +118,14 @@ def run_config(profile: Profile, fake: Fake, backend: Backend, server: str) -> d
 
 def compare(results: dict[str, Any]) -> None:
     """Every gateway figure next to the direct one at the same concurrency."""
-    direct = results["direct"]["stream"]
+    def baseline(kind: str) -> dict[str, Any]:  # the direct client streams in both arrival patterns
+        return results["direct"].get("stream_staggered" if kind == "stream_staggered" else "stream", {})
+
     for entry in results["configs"]:
         entry["compare"] = {
-            kind: {level: stats.compare(s, direct[level], stream=kind == "stream")
-                   for level, s in entry.get(kind, {}).items() if level in direct}
-            for kind in ("stream", "nonstream")
+            kind: {level: stats.compare(s, baseline(kind)[level], stream=kind != "nonstream")
+                   for level, s in entry.get(kind, {}).items() if level in baseline(kind)}
+            for kind in ("stream", "stream_staggered", "nonstream")
         }
         mem, dmem = entry.get("memory") or {}, results["direct"].get("memory") or {}
         entry["compare"]["memory_per_stream_kb"] = stats.figure(mem.get("per_stream_kb"), dmem.get("per_stream_kb"))

@@ -106,6 +106,7 @@ def _specs(target: Target, concurrency: int, **bounds: Any) -> list[dict[str, An
             "bodies": [target.bodies[u % n] for u in users],
             "headers": [target.headers[u % len(target.headers)] for u in users],
             "expect": target.expect, "concurrency": share, "max_requests": limit, "start_at": start_at,
+            "first_user": offset, "all_users": concurrency,
             **bounds,
         })
         offset += share
@@ -144,14 +145,19 @@ DB_FLUSH = 1.2  # seconds for PostgreSQL to publish its counters (see Backend.db
 
 def load(target: Target, concurrency: int, *, duration: float, max_requests: int, deadline: float,
          server: list[int], upstream: list[int] | None = None,
-         db: Callable[[], dict[str, int] | None] | None = None) -> dict[str, Any]:
+         db: Callable[[], dict[str, int] | None] | None = None, stagger: float = 0.0) -> dict[str, Any]:
     """`concurrency` users issue requests back to back for `duration` s (at most `max_requests`).
+
+    All users ask at the same instant, and answers of one length keep them in step: each
+    level is then a train of herds. With `stagger` seconds (one answer's length) user i
+    first waits i/concurrency of it, so requests arrive spread out, as from independent clients.
 
     `server` are the pids of whatever the client talks to, `upstream` the fake's when
     that is the gateway; their CPU is read before and after. `db` reads the database's
     commit and row-write counters, turned into figures per request.
     """
-    specs = _specs(target, concurrency, duration=duration, max_requests=max_requests, deadline=deadline)
+    specs = _specs(target, concurrency, duration=duration, max_requests=max_requests, deadline=deadline,
+                   stagger=stagger)
     watched = {"server": server, "upstream": upstream or []}
     db_before = db() if db else None
     before = {name: procstat.sample(pids) for name, pids in watched.items()}

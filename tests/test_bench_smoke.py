@@ -37,14 +37,14 @@ def test_it_runs_the_smoke_profile_and_writes_json_markdown_and_png(tmp_path: Pa
 
     [path] = tmp_path.glob("*.json")
     results = json.loads(path.read_text())
-    assert set(results["direct"]["stream"]) == {"1", "2"}
+    assert set(results["direct"]["stream"]) == set(results["direct"]["stream_staggered"]) == {"1", "2"}
     assert results["direct"]["memory"]["opened"] == 2
     [config] = results["configs"]
     assert config["name"] == "embedded/uvicorn"
     assert config["error"] is None, config["error"]
     assert config["memory"]["opened"] == 2
     assert config["memory_again"]["opened"] == 2
-    for kind in ("stream", "nonstream"):
+    for kind in ("stream", "stream_staggered", "nonstream"):
         for level in ("1", "2"):
             summary = config[kind][level]
             assert summary["requests"] > 0
@@ -60,6 +60,7 @@ def test_it_runs_the_smoke_profile_and_writes_json_markdown_and_png(tmp_path: Pa
     assert "Written by hand above." in text and "Written by hand below." in text
     assert "old tables" not in text
     assert "| embedded/uvicorn | 1 |" in text
+    assert "arrive spread out" in text  # the staggered-arrival table
     assert (tmp_path / "benchmarks.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
