@@ -196,6 +196,17 @@ def _no_usage_flush_at_exit():
     usage.flush_at_exit(False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_background_usage_flush():
+    """The ledger reaches the database when a test says so (`settle_usage`), not once a second.
+
+    A background flush belongs to no test: one that a finished test's last answer
+    started could write while the next test ran, and wait for its SQLite lock.
+    `tests/test_usage_ledger.py` runs the flusher on purpose, with its own interval.
+    """
+    settings.USAGE_FLUSH_INTERVAL = 3600.0
+
+
 @pytest.fixture(autouse=True)
 def _forget_runtime():
     """Each test starts from the environment's runtime defaults (the database is flushed under the cache)."""
