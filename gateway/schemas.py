@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Lenient(Schema):
+class _Lenient(BaseModel):
+    """A request body part. Plain pydantic: ninja's `Schema` wraps every object it validates
+    so it can read Django model attributes, about 4 µs per message; a request body is JSON,
+    and chat clients send whole conversations (50 messages: 204 µs against 14)."""
+
     # Clients send many fields we do not use (logit_bias, user, seed…): ignore them.
     model_config = ConfigDict(extra="ignore")
 
