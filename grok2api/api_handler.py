@@ -92,6 +92,7 @@ class ApiHandler(ASGIHandler):
             await super().send_response(response, send)
             return
         headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+        headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         async with contextlib.aclosing(response.events) as events:
             async for part in events:

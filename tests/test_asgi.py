@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import pytest
 from asgiref.sync import sync_to_async
 
 from grok2api.asgi import application
@@ -36,3 +37,36 @@ async def test_lifespan_completes_startup_and_writes_pending_usage_at_shutdown(p
 def test_startup_objects_are_frozen_out_of_the_collectors_sight():
     assert gc.get_freeze_count() > 10_000
     assert gc.get_threshold()[0] >= 10_000
+
+
+async def test_an_event_stream_is_sent_part_by_part_with_its_headers_and_closed_when_the_client_leaves():
+    from grok2api.api_handler import ApiHandler, EventStream
+
+    closed = asyncio.Event()
+
+    async def events():
+        try:
+            yield b"data: one\n\n"
+            yield b"data: two\n\n"
+            await asyncio.sleep(3600)  # a stream that would go on: the client leaves first
+        finally:
+            closed.set()
+
+    response = EventStream(events(), content_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+    response.set_cookie("seen", "1")
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        if len(sent) == 3:  # the start and two parts: the client hangs up
+            raise OSError("client gone")
+
+    with pytest.raises(OSError):
+        await ApiHandler().send_response(response, send)
+    start, *parts = sent
+    headers = dict(start["headers"])
+    assert start["status"] == 200 and headers[b"Content-Type"] == b"text/event-stream"
+    assert headers[b"X-Accel-Buffering"] == b"no" and headers[b"Set-Cookie"].startswith(b"seen=1")
+    assert [p["body"] for p in parts] == [b"data: one\n\n", b"data: two\n\n"]
+    assert all(p["more_body"] for p in parts)
+    assert closed.is_set()  # the generator's cleanup ran (a real view releases its lease there)
