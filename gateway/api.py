@@ -42,7 +42,8 @@ class ApiKeyAuth:
         keys = settings.API_KEYS
         if not keys:
             return True
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        # META, not `request.headers`: that builds a dict of every header on first use.
+        scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token and any(hmac.compare_digest(token, key) for key in keys):
             return token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import uuid
+import secrets
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponseBase
@@ -14,7 +14,7 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return secrets.token_hex(8)
 
 
 class RequestIdFilter(logging.Filter):
@@ -28,7 +28,7 @@ def RequestIdMiddleware(get_response: Callable) -> Callable:  # noqa: N802 - Dja
     """Tag the request and its log lines; echo the id as `X-Request-Id`."""
 
     def _start(request: HttpRequest) -> str:
-        rid = request.headers.get("X-Request-Id", "")[:64] or new_request_id()
+        rid = request.META.get("HTTP_X_REQUEST_ID", "")[:64] or new_request_id()  # META: `headers` builds a dict of all
         request.request_id = rid
         request_id.set(rid)
         return rid
