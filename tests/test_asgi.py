@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -70,3 +71,32 @@ async def test_an_event_stream_is_sent_part_by_part_with_its_headers_and_closed_
     assert [p["body"] for p in parts] == [b"data: one\n\n", b"data: two\n\n"]
     assert all(p["more_body"] for p in parts)
     assert closed.is_set()  # the generator's cleanup ran (a real view releases its lease there)
+
+
+async def _get(path: str) -> int:
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    inbox: asyncio.Queue[dict] = asyncio.Queue()
+    inbox.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    from grok2api.api_handler import ApiHandler
+
+    await asyncio.wait_for(ApiHandler()(scope, inbox.get, send), 30)  # not `application`: no periodic jobs
+    return sent[0]["status"]
+
+
+async def test_an_api_error_is_logged_by_django_request_only_when_that_logger_listens(caplog):
+    # `django.request` listens from ERROR (settings): a 404 is not its business, and costs no thread hop.
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        assert await _get("/v1/no-such-route") == 404
+    assert not [r for r in caplog.records if r.name == "django.request"]
+
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert await _get("/v1/no-such-route") == 404
+    [line] = [r for r in caplog.records if r.name == "django.request"]
+    assert line.getMessage() == "Not Found: /v1/no-such-route" and line.status_code == 404
