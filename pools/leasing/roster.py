@@ -189,6 +189,7 @@ class Roster:
         self.using = using
         self.max_age = max_age
         self._candidates: list[Candidate] | None = None
+        self._by_id: dict[int, Candidate] = {}
         self._loaded_at = 0.0
         self._generation = -1
         self._epoch = 0  # bumped by every install and every `forget`: a background read older than either is dropped
@@ -198,8 +199,9 @@ class Roster:
         self._answers: dict[tuple[str, int, str], tuple[int, float, list[Candidate]]] = {}
 
     async def eligible(self, request: LeaseRequest, *, ordered: bool = True) -> list[Candidate]:
-        """Eligible candidates, in lease order when `ordered` (a backend that weighs each one
-        itself skips the sort); an empty answer is always from fresh rows."""
+        """Eligible candidates, in lease order when `ordered` or when `request` excludes nobody
+        (that answer is kept per snapshot: never change the list); an empty answer is always
+        from fresh rows. The order is the snapshot's: in-flight counts and uses since are not in it."""
         fresh = await self._ensure()
         found = self._eligible(request, ordered)
         if not found and not fresh:
@@ -209,14 +211,15 @@ class Roster:
 
     def _eligible(self, request: LeaseRequest, ordered: bool) -> list[Candidate]:
         now, candidates = time.time(), self._candidates or []
-        if ordered or request.exclude:
+        if request.exclude:  # a retry: rare, answered afresh
             return eligible(candidates, request, now, ordered=ordered)
-        # Unordered (the local backend, once per lease): the same answer until something changes.
+        # Every first attempt: the same answer, in lease order, until something changes. The
+        # order puts quota before recency, and quota_left only changes when a window ends.
         key = (request.mode, request.cost, request.tier)
         answer = self._answers.get(key)
         if answer is not None and answer[0] == self._epoch and now < answer[1]:
             return answer[2]
-        found = eligible(candidates, request, now, ordered=False)
+        found = eligible(candidates, request, now, ordered=True)
         self._answers[key] = (self._epoch, _next_change(candidates, request.mode, now), found)
         return found
 
@@ -236,6 +239,7 @@ class Roster:
 
     def _install(self, candidates: list[Candidate], generation: int) -> None:
         self._candidates = candidates
+        self._by_id = {c.id: c for c in candidates}
         self._loaded_at = time.monotonic()
         self._generation = generation
         self._epoch += 1
@@ -263,16 +267,17 @@ class Roster:
     def forget(self, account_id: int | None = None) -> None:
         """Re-read before the next lease (an outcome changed an account's state)."""
         self._candidates = None
+        self._by_id = {}
         self._epoch += 1
 
     def debit(self, account_id: int, mode: str, cost: int) -> None:
         """Mirror a quota debit in the snapshot, so a count reaching zero is skipped before the next read."""
-        for candidate in self._candidates or ():
-            if candidate.id == account_id:
-                quota = candidate.quotas.get(mode)
-                if quota is not None and quota.remaining is not None:
-                    left = max(quota.remaining - cost, 0)
-                    candidate.quotas[mode] = QuotaView(left, quota.cooldown_until, quota.resets_at)
-                    if any(key[0] == mode and left < key[1] for key in self._answers):
-                        self._answers.clear()  # it may no longer afford a cost asked before
-                return
+        candidate = self._by_id.get(account_id)
+        if candidate is None:
+            return
+        quota = candidate.quotas.get(mode)
+        if quota is not None and quota.remaining is not None:
+            left = max(quota.remaining - cost, 0)
+            candidate.quotas[mode] = QuotaView(left, quota.cooldown_until, quota.resets_at)
+            if any(key[0] == mode and left < key[1] for key in self._answers):
+                self._answers.clear()  # it may no longer afford a cost asked before
