@@ -24,9 +24,9 @@ class Profile:
     nonstream: bool = True
 
     @property
-    def answer_seconds(self) -> float:
-        """How long one paced answer lasts: the spread of staggered arrivals."""
-        return self.pace_count * self.pace_ms / 1000
+    def arrivals(self) -> tuple[tuple[str, float], ...]:
+        """Streaming kinds and their stagger: all at once, then spread over one paced answer's length."""
+        return (("stream", 0.0), ("stream_staggered", self.pace_count * self.pace_ms / 1000))
 
     def level_requests(self, concurrency: int) -> int:
         return max(self.max_requests, concurrency * 3)

@@ -77,12 +77,12 @@ def _header(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _stream_table(configs: list[dict[str, Any]]) -> list[str]:
+def _stream_table(configs: list[dict[str, Any]], kind: str = "stream") -> list[str]:
     rows = ["| config | streams | TTFT p50 | TTFT p95 | TTFT p99 | total p50 | total p99 | errors |",
             "| --- | ---: | --- | --- | --- | --- | --- | --- |"]
     for c in configs:
-        for level in _levels(c, "stream"):
-            f = c["compare"]["stream"][level]
+        for level in _levels(c, kind):
+            f = c["compare"][kind][level]
             rows.append(f"| {c['name']} | {level} | {_trio(f['ttft_p50_ms'])} | {_trio(f['ttft_p95_ms'])} | "
                         f"{_trio(f['ttft_p99_ms'])} | {_trio(f['total_p50_ms'])} | {_trio(f['total_p99_ms'])} | "
                         f"{_trio(f['errors'], 0)} |")
@@ -101,18 +101,6 @@ def _later_table(configs: list[dict[str, Any]]) -> list[str]:
             n = c["stream"][level].get("ttft_later_ms", {}).get("n", 0)
             rows.append(f"| {c['name']} | {level} | {_trio(f['ttft_later_p50_ms'])} | "
                         f"{_trio(f['ttft_later_p95_ms'])} | {_trio(f['ttft_later_p99_ms'])} | {n} |")
-    return rows if len(rows) > 2 else []
-
-
-def _staggered_table(configs: list[dict[str, Any]]) -> list[str]:
-    """The same streams with arrivals spread over one answer's length (no herd), connect included."""
-    rows = ["| config | streams | TTFT p50 | TTFT p95 | TTFT p99 | chunks/s | errors |",
-            "| --- | ---: | --- | --- | --- | --- | --- |"]
-    for c in configs:
-        for level in _levels(c, "stream_staggered"):
-            f = c["compare"]["stream_staggered"][level]
-            rows.append(f"| {c['name']} | {level} | {_trio(f['ttft_p50_ms'])} | {_trio(f['ttft_p95_ms'])} | "
-                        f"{_trio(f['ttft_p99_ms'])} | {_trio(f['chunks_per_s'], 0)} | {_trio(f['errors'], 0)} |")
     return rows if len(rows) > 2 else []
 
 
@@ -257,12 +245,11 @@ def section(results: dict[str, Any], image: str) -> str:
         parts += ["Each level starts with every virtual user connecting and asking at the same instant; the "
                   "same figures without each user's first request (steady state, no connect, no herd):", "",
                   *later, ""]
-    staggered = _staggered_table(configs)
-    if staggered:
+    if any(_levels(c, "stream_staggered") for c in configs):
         parts += ["Answers of one length keep users who started together in step, so every level above is a "
                   "train of herds. The same levels with each user's first request delayed by its share of one "
                   "answer's length (requests arrive spread out, as from independent clients; connect included):",
-                  "", *staggered, ""]
+                  "", *_stream_table(configs, "stream_staggered"), ""]
     parts += ["### Throughput (stream) and non-stream", "", *_throughput_table(configs), ""]
     parts += ["### Server cost", "", *_cost_table(configs, results.get("direct", {})), ""]
     db = _db_table(configs)

@@ -64,7 +64,7 @@ def run_direct(profile: Profile, fake: Fake, tokens: list[str]) -> dict[str, Any
     out: dict[str, Any] = {"source": target.source, "stream": {}}
     say(f"direct: holding {profile.hold_streams} streams open")
     out["memory"] = scenarios.hold(held, profile.hold_streams, deadline=profile.deadline, server=server)
-    for kind, stagger in (("stream", 0.0), ("stream_staggered", profile.answer_seconds)):
+    for kind, stagger in profile.arrivals:
         out.setdefault(kind, {})
         for level in profile.concurrency:
             waited = settle(server, fake)
@@ -98,7 +98,7 @@ def run_config(profile: Profile, fake: Fake, backend: Backend, server: str) -> d
             # connections exist): what each open stream costs a server that has seen its peak before.
             entry["memory_again"] = scenarios.hold(held, profile.hold_streams, deadline=profile.deadline,
                                                    server=gw.pids())
-            kinds = [("stream", streaming, 0.0), ("stream_staggered", streaming, profile.answer_seconds)]
+            kinds = [(kind, streaming, stagger) for kind, stagger in profile.arrivals]
             kinds += [("nonstream", whole, 0.0)] if profile.nonstream else []
             for kind, target, stagger in kinds:
                 for level in profile.concurrency:
@@ -118,16 +118,17 @@ def run_config(profile: Profile, fake: Fake, backend: Backend, server: str) -> d
 
 def compare(results: dict[str, Any]) -> None:
     """Every gateway figure next to the direct one at the same concurrency."""
-    def baseline(kind: str) -> dict[str, Any]:  # the direct client streams in both arrival patterns
-        return results["direct"].get("stream_staggered" if kind == "stream_staggered" else "stream", {})
-
+    direct = results["direct"]
+    # Non-stream requests are compared with the direct client streaming the same answer.
+    baselines = {"stream": direct["stream"], "stream_staggered": direct.get("stream_staggered", {}),
+                 "nonstream": direct["stream"]}
     for entry in results["configs"]:
         entry["compare"] = {
-            kind: {level: stats.compare(s, baseline(kind)[level], stream=kind != "nonstream")
-                   for level, s in entry.get(kind, {}).items() if level in baseline(kind)}
-            for kind in ("stream", "stream_staggered", "nonstream")
+            kind: {level: stats.compare(s, base[level], stream=kind != "nonstream")
+                   for level, s in entry.get(kind, {}).items() if level in base}
+            for kind, base in baselines.items()
         }
-        mem, dmem = entry.get("memory") or {}, results["direct"].get("memory") or {}
+        mem, dmem = entry.get("memory") or {}, direct.get("memory") or {}
         entry["compare"]["memory_per_stream_kb"] = stats.figure(mem.get("per_stream_kb"), dmem.get("per_stream_kb"))
 
 
