@@ -49,20 +49,20 @@ def prompt(count: int, ms: float) -> str:
 def _upstream_body(text: str) -> tuple[dict, str]:
     """The body the gateway itself sends upstream for a lone user message (its own builder when importable)."""
     try:
-        from gateway.dialect import ChatAsk, rest_body
+        from gateway.grok.dialect import ChatAsk, rest_body
 
-        return rest_body(ChatAsk(mode="fast", prompt=text)), "gateway.dialect.rest_body"
+        return rest_body(ChatAsk(mode="fast", prompt=text)), "gateway.grok.dialect.rest_body"
     except Exception:  # the dialect is being reworked; a minimal body the fake accepts keeps the run going
         return {"temporary": True, "modeId": "fast", "message": text}, "minimal fallback"
 
 
 def _upstream_headers(base_url: str, token: str) -> tuple[dict[str, str], str]:
     try:
-        from gateway.upstream import ClientConfig, GrokClient
+        from gateway.grok import ClientConfig, GrokClient
 
         client = GrokClient(ClientConfig(base_url=base_url, assets_url=base_url, impersonate="chrome136",
                                          user_agent=UA))
-        headers, source = dict(client.headers(token)), "gateway.upstream.GrokClient.headers"
+        headers, source = dict(client.headers(token)), "gateway.grok.client.GrokClient.headers"
     except Exception:  # same reason as above
         statsig = base64.b64encode(b"e:TypeError: Cannot read properties of undefined (reading 'bench')").decode()
         headers = {"User-Agent": UA, "x-statsig-id": statsig, "Cookie": f"sso={token}; sso-rw={token}"}

@@ -14,7 +14,6 @@ from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from gateway import service
-from gateway.dialect import ChatAsk
 from gateway.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -23,6 +22,7 @@ from gateway.errors import (
     NotFound,
     OpenAIError,
 )
+from gateway.grok import ChatAsk
 from gateway.messages import flatten
 from gateway.models import CATALOGUE_CREATED, ModelSpec, all_models, get_model, tier_satisfies
 from gateway.schemas import ChatCompletionRequest, ErrorBody, Model, ModelList

@@ -27,8 +27,7 @@ import logging
 import random
 
 from gateway.errors import GatewayTimeout, OpenAIError, RateLimited, ServiceUnavailable, UpstreamFailed
-from gateway.models import ModelSpec
-from gateway.upstream import (
+from gateway.grok import (
     UpstreamAuthError,
     UpstreamBanned,
     UpstreamBlocked,
@@ -38,6 +37,7 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.models import ModelSpec
 from pools.proxies import ProxyChoice
 from pools.selection import Lease, Outcome
 

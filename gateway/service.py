@@ -14,13 +14,23 @@ from contextlib import AsyncExitStack
 
 from django.conf import settings
 
-from gateway.dialect import Budget, ChatAsk, Dialect, EventReader, RestDialect
 from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.frames import Event, StreamError
+from gateway.grok import (
+    Budget,
+    ChatAsk,
+    Dialect,
+    EventReader,
+    GrokClient,
+    RestDialect,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    classify_inband_error,
+)
+from gateway.grok.frames import Event, StreamError
 from gateway.models import ModelSpec
 from gateway.retry import Step, backoff_delay, log_attempt, next_step, outcome_for, to_openai
 from gateway.stream import Piece, Renderer
-from gateway.upstream import GrokClient, UpstreamError, UpstreamTimeout, UpstreamUnavailable, classify_inband_error
 from pools import proxies, selection
 from pools.proxies import ProxyChoice, client_config
 from pools.selection import Lease, Outcome

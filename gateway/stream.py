@@ -12,8 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from gateway import frames
 from gateway.errors import OpenAIError
+from gateway.grok import frames
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 

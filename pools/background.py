@@ -36,7 +36,7 @@ async def _isolated(factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return await factory()
     finally:
-        from gateway.upstream import close_sessions
+        from gateway.grok import close_sessions
 
         try:
             await close_sessions()

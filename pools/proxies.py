@@ -11,7 +11,7 @@
                                     marked failed and its accounts unbound (the next
                                     `proxy_for` binds them elsewhere)
     report_ok(choice)               a request got through: mark the proxy healthy if it was not
-    check_proxies(ids=None)         probe proxies through `gateway.upstream`, restore the ones
+    check_proxies(ids=None)         probe proxies through `gateway.grok`, restore the ones
                                     that work (job `proxy_health`, admin "Test now")
 
     ProxyError
@@ -41,7 +41,7 @@ from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from gateway.upstream import ClientConfig, GrokClient, UpstreamError
+from gateway.grok import ClientConfig, GrokClient, UpstreamError
 from pools.jobs import periodic
 from pools.models import Account, Proxy, ProxyHealth, ProxySource, mask_proxy_url, mask_token
 from pools.settings import Runtime, aget_runtime
@@ -138,7 +138,7 @@ def parse_pool_answer(text: str) -> str:
 
 
 def client_config(runtime: Runtime, choice: ProxyChoice | None = None) -> ClientConfig:
-    """How `gateway.upstream` reaches Grok for one request: straight, or along `choice`."""
+    """How `gateway.grok` reaches Grok for one request: straight, or along `choice`."""
     config = ClientConfig(
         base_url=settings.GROK_BASE_URL,
         assets_url=settings.GROK_ASSETS_URL,

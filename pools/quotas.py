@@ -30,15 +30,16 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from gateway.upstream import (
+from gateway.grok import (
     GrokClient,
+    QuotaParseError,
+    Reading,
     UpstreamAuthError,
     UpstreamBanned,
     UpstreamBlocked,
@@ -62,52 +63,6 @@ CONCURRENCY = 8  # accounts probed at once
 BATCH = 50  # accounts read and probed per round of a refresh
 STALE_FRACTION = 0.9  # a row synced 0.9 interval ago is refreshed now rather than a whole interval late
 PROBE_ERROR = "rate-limits probe"  # prefix of the errors this module writes on an account
-
-
-class QuotaParseError(ValueError):
-    """A rate-limits answer without the counters of either known shape."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One mode's counters: `total` and `window` are None when Grok did not say."""
-
-    remaining: int
-    total: int | None
-    window: int | None
-
-
-def parse_rate_limits(body: Any) -> Reading:
-    """(remaining, total, window) from either shape of §8.1.
-
-    Current: `remainingQueries` / `totalQueries` / `windowSizeSeconds`. Older:
-    `remainingTokens` / `totalTokens`. The fake answers the union; the current
-    fields win when both are there. A total of 0 or less means "unknown".
-    """
-    if not isinstance(body, dict):
-        raise QuotaParseError("rate-limits answer is not a JSON object")
-    remaining = _first_count(body, "remainingQueries", "remainingTokens")
-    if remaining is None:
-        raise QuotaParseError("rate-limits answer has neither remainingQueries nor remainingTokens")
-    total = _first_count(body, "totalQueries", "totalTokens")
-    window = _first_count(body, "windowSizeSeconds")
-    return Reading(
-        remaining=max(remaining, 0),
-        total=total if total and total > 0 else None,
-        window=window if window and window > 0 else None,
-    )
-
-
-def _first_count(body: dict, *names: str) -> int | None:
-    for name in names:
-        value = body.get(name)
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, int | float):
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value.strip())
-    return None
 
 
 @dataclass
@@ -145,7 +100,7 @@ async def refresh_account(account_id: int, modes: Iterable[str] | None = None) -
         choice = await proxies.proxy_for(account_id)
         client = GrokClient(proxies.client_config(runtime, choice))
         for mode in wanted:
-            result.readings[mode] = parse_rate_limits(await client.rate_limits(account.token, mode))
+            result.readings[mode] = await client.rate_limits(account.token, mode)
     except (UpstreamError, QuotaParseError, proxies.ProxyError) as exc:
         failure = exc
     except Exception as exc:  # a bug must not stop a job's other accounts; it still shows on the account
@@ -364,7 +319,7 @@ async def _learn_reset(account_id: int, mode: str) -> None:
         runtime = await aget_runtime()
         choice = await proxies.proxy_for(account_id)
         client = GrokClient(proxies.client_config(runtime, choice))
-        reading = parse_rate_limits(await client.rate_limits(account.token, mode))
+        reading = await client.rate_limits(account.token, mode)
     except Exception as exc:  # a follow-up only improves a cooldown that is already in place
         logger.info("could not learn when %s resets after a 429: %s", mode, exc)
         return

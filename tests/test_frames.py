@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from gateway import frames
-from gateway.frames import FrameParser
+from gateway.grok import frames
+from gateway.grok.frames import FrameParser
 from gateway.stream import Renderer
 
 STREAM_B = [

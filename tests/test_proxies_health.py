@@ -6,7 +6,7 @@ import openai
 import pytest
 from asgiref.sync import async_to_sync
 
-from gateway import upstream
+from gateway import grok
 from pools import proxies
 from pools.jobs import JOBS
 from pools.models import Account, Proxy
@@ -19,7 +19,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 def check(ids: list[int] | None = None) -> proxies.HealthReport:
     async def run() -> proxies.HealthReport:
-        async with upstream.own_session(proxies.client_config(await aget_runtime())):
+        async with grok.own_session(proxies.client_config(await aget_runtime())):
             return await proxies.check_proxies(ids)
 
     return async_to_sync(run)()
@@ -100,7 +100,7 @@ def test_the_health_job_reports_what_it_checked(gateway, runtime, farm):
     Proxy.objects.create(url="http://127.0.0.1:1")
 
     async def run() -> str:
-        async with upstream.own_session(proxies.client_config(await aget_runtime())):
+        async with grok.own_session(proxies.client_config(await aget_runtime())):
             return await JOBS["proxy_health"].func()
 
     assert async_to_sync(run)() == "checked 2: 1 healthy, 1 failed"

@@ -6,7 +6,7 @@ import openai
 import pytest
 from asgiref.sync import async_to_sync
 
-from gateway import upstream
+from gateway import grok
 from pools import proxies
 from pools.jobs import JOBS
 from pools.models import Proxy
@@ -81,7 +81,7 @@ def test_the_pool_job_replaces_the_current_proxy_every_interval(gateway, runtime
     runtime(proxy_mode="pool_url", proxy_pool_url=endpoint.url)
 
     async def run() -> str:
-        async with upstream.own_session(proxies.client_config(await aget_runtime())):
+        async with grok.own_session(proxies.client_config(await aget_runtime())):
             return await JOBS["proxy_pool_fetch"].func()
 
     assert async_to_sync(run)() == f"current proxy {one.url} (not tested)"

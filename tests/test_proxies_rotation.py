@@ -8,8 +8,7 @@ from curl_cffi import CurlECode
 from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from curl_cffi.requests.exceptions import ProxyError, ReadTimeout, SSLError
 
-from gateway import upstream
-from gateway.upstream import UpstreamProxyFailed, UpstreamUnavailable
+from gateway.grok import UpstreamProxyFailed, UpstreamUnavailable, errors
 from pools.models import Account, Proxy
 from tests.proxy_server import via
 
@@ -141,15 +140,15 @@ def test_it_falls_back_to_the_runtime_clearance_for_a_proxy_without_one(client, 
     ids=lambda e: type(e).__name__ + str(int(e.code)),
 )
 def test_it_blames_the_proxy_for_failures_between_us_and_it(error):
-    with pytest.raises(UpstreamProxyFailed) as info, upstream._translate("http://user:pw@10.0.0.1:3128"):
+    with pytest.raises(UpstreamProxyFailed) as info, errors.translate("http://user:pw@10.0.0.1:3128"):
         raise error
     assert "user:****@10.0.0.1" in str(info.value) and ":pw@" not in str(info.value)
-    with pytest.raises(UpstreamUnavailable) as info, upstream._translate(""):  # no proxy: Grok's side
+    with pytest.raises(UpstreamUnavailable) as info, errors.translate(""):  # no proxy: Grok's side
         raise error
     assert type(info.value) is UpstreamUnavailable
 
 
 def test_it_does_not_blame_the_proxy_for_a_read_timeout():
-    with pytest.raises(UpstreamUnavailable) as info, upstream._translate("http://10.0.0.1:3128"):
+    with pytest.raises(UpstreamUnavailable) as info, errors.translate("http://10.0.0.1:3128"):
         raise ReadTimeout("curl: (28) Operation timed out", CurlECode.OPERATION_TIMEDOUT)
     assert type(info.value) is UpstreamUnavailable

@@ -8,11 +8,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from gateway.grok import QuotaParseError, Reading, parse_rate_limits
 from gateway.models import get_model
 from pools import selection, usage
 from pools.jobs import run_job
 from pools.models import Account, Quota, Status
-from pools.quotas import QuotaParseError, Reading, parse_rate_limits, refresh_account, stale_accounts
+from pools.quotas import refresh_account, stale_accounts
 from pools.settings import update_runtime
 
 FAST = get_model("grok-chat-fast")

@@ -13,8 +13,7 @@ import pytest
 from django.utils import timezone
 
 from gateway import retry
-from gateway.retry import Step, backoff_delay, next_step
-from gateway.upstream import (
+from gateway.grok import (
     UpstreamAuthError,
     UpstreamBanned,
     UpstreamBlocked,
@@ -24,6 +23,7 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.retry import Step, backoff_delay, next_step
 
 pytestmark = pytest.mark.timeout(60)
 HI = [{"role": "user", "content": "hi"}]

@@ -11,8 +11,7 @@ import pytest
 from curl_cffi._wrapper import ffi
 from curl_cffi.requests import exceptions as curl_exceptions
 
-from gateway import transfer, upstream
-from gateway.upstream import (
+from gateway.grok import (
     ClientConfig,
     GrokClient,
     UpstreamAuthError,
@@ -24,7 +23,10 @@ from gateway.upstream import (
     UpstreamUnavailable,
     classify_error_body,
     classify_inband_error,
+    errors,
+    transfer,
 )
+from gateway.grok import client as upstream
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,7 +38,7 @@ CURL_ERRORS = [
 
 @pytest.mark.parametrize("error_class", CURL_ERRORS, ids=lambda c: c.__name__)
 def test_it_maps_every_curl_cffi_error_to_upstream_unavailable(error_class):
-    with pytest.raises(UpstreamUnavailable) as info, upstream._translate():
+    with pytest.raises(UpstreamUnavailable) as info, errors.translate():
         raise error_class("boom")
     assert isinstance(info.value.__cause__, error_class)
 

@@ -15,7 +15,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from gateway import upstream
+from gateway import grok
 from pools import proxies
 from pools.admin.accounts import SecretInput
 from pools.models import Proxy, ProxyHealth, mask_token
@@ -207,5 +207,5 @@ class ProxyAdmin(admin.ModelAdmin):
 async def _check(ids: list[int]) -> proxies.HealthReport:
     # async_to_sync may run this on a loop of its own: use a session that closes with the block.
     runtime = await aget_runtime()
-    async with upstream.own_session(proxies.client_config(runtime)):
+    async with grok.own_session(proxies.client_config(runtime)):
         return await proxies.check_proxies(ids)

@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.frames import Event, FrameParser
-from gateway.upstream import GrokClient, LineStream
+from gateway.grok.client import GrokClient, LineStream
+from gateway.grok.frames import Event, FrameParser
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,21 +1,10 @@
 """The one client that talks to Grok: curl_cffi, async, streaming.
 
-Every outbound call goes through `GrokClient`. HTTP statuses, in-band error
-bodies and curl errors are translated here, once, into this hierarchy:
-
-    UpstreamError                  anything that went wrong upstream
-     ├── UpstreamAuthError         401 / invalid-credential 400: the account is invalid
-     │    └── UpstreamBanned       403 `blocked-user`: the account is banned
-     ├── UpstreamBlocked           403 Cloudflare challenge or anti-bot: change proxy / cf_clearance
-     ├── UpstreamRateLimited       429 or "usage limit": cool the account down
-     ├── UpstreamUnavailable       5xx, network, TLS, a cut transfer: retry elsewhere
-     │    ├── UpstreamProxyFailed  the proxy in front of Grok failed (unreachable, refused, TLS): change proxy
-     │    └── UpstreamTimeout      no first byte / idle gap / total time exceeded (ours)
-     └── UpstreamProtocolError     an answer we cannot read
-
-No other module catches a curl_cffi exception. Each request leaves through the
-proxy, `cf_clearance` and user agent of its client's `ClientConfig` (one
-`GrokClient` per route; the curl handles underneath, `gateway.transfer`, are shared per event loop).
+Every outbound call goes through `GrokClient`; what fails is raised as the
+`gateway.grok.errors` hierarchy. Each request leaves through the proxy,
+`cf_clearance` and user agent of its client's `ClientConfig` (one `GrokClient`
+per route; the curl handles underneath, `gateway.grok.transfer`, are shared per
+event loop).
 """
 
 from __future__ import annotations
@@ -29,154 +18,30 @@ import random
 import string
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from curl_cffi import CurlECode
-from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
-from curl_cffi.requests.exceptions import ProxyError, RequestException, SSLError
+from curl_cffi.requests.exceptions import RequestException
 
-from gateway.transfer import Transfer, Transfers
+from gateway.grok.errors import (
+    UpstreamBlocked,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    classify_error_body,
+    translate,
+    upstream_error,
+)
+from gateway.grok.ratelimits import RATE_LIMITS_PATH, Reading, parse_rate_limits
+from gateway.grok.transfer import Transfer, Transfers
 
 logger = logging.getLogger(__name__)
 
 CHAT_PATH = "/rest/app-chat/conversations/new"
-RATE_LIMITS_PATH = "/rest/rate-limits"
 PROBE_TIMEOUT = 20.0  # seconds for a proxy probe or a proxy-pool fetch, connect included
-
-# Body markers that decide what a 4xx means (protocol §11).
-_CREDENTIAL_MARKERS = (
-    "invalid-credentials", "bad-credentials", "failed to look up session id", "email-domain-rejected",
-    "session not found", "account suspended", "token revoked", "token expired",
-)
-_BANNED_MARKERS = ("blocked-user", "user is blocked")
-_CLOUDFLARE_MARKERS = ("just a moment", "challenge-platform", "__cf_chl", "cf-chl-", "cloudflare")
-
-
-class UpstreamError(Exception):
-    """Grok did not give us a usable answer."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class UpstreamAuthError(UpstreamError):
-    """Grok rejected the account's credentials (401, or a 400 naming them)."""
-
-
-class UpstreamBanned(UpstreamAuthError):
-    """Grok says the account is blocked (`blocked-user`)."""
-
-
-class UpstreamBlocked(UpstreamError):
-    """Cloudflare or the anti-bot check refused the request: the IP or fingerprint, not the account."""
-
-    def __init__(self, message: str, *, status: int | None = 403, kind: str = "cloudflare") -> None:
-        super().__init__(message, status=status)
-        self.kind = kind
-
-
-class UpstreamRateLimited(UpstreamError):
-    """The account hit its rate or usage limit for this mode."""
-
-    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
-
-
-class UpstreamUnavailable(UpstreamError):
-    """5xx, a network or TLS failure, or a transfer cut short: worth retrying elsewhere."""
-
-
-class UpstreamProxyFailed(UpstreamUnavailable):
-    """The proxy in front of Grok failed: it did not resolve or connect, refused the tunnel, or broke TLS."""
-
-
-class UpstreamTimeout(UpstreamUnavailable):
-    """Grok sent nothing within one of our budgets (first byte, idle gap, total)."""
-
-    def __init__(self, message: str, *, phase: str) -> None:
-        super().__init__(message)
-        self.phase = phase
-
-
-class UpstreamProtocolError(UpstreamError):
-    """Grok answered something that is not the protocol we speak."""
-
-
-def classify_error_body(status: int, body: str, retry_after: float | None = None) -> UpstreamError:
-    """Map an HTTP error status and its body to the hierarchy above."""
-    text = body.lower()
-    snippet = " ".join(body.split())[:200]
-    if any(m in text for m in _BANNED_MARKERS):
-        return UpstreamBanned(f"account is blocked by Grok: {snippet}", status=status)
-    if status == 401 or (status == 400 and any(m in text for m in _CREDENTIAL_MARKERS)):
-        return UpstreamAuthError(f"Grok rejected the account's sso token (HTTP {status})", status=status)
-    if status == 403:
-        if "anti-bot" in text:
-            return UpstreamBlocked("Grok's anti-bot check rejected the request", kind="antibot")
-        return UpstreamBlocked("Cloudflare blocked the request (challenge page)", kind="cloudflare")
-    if status == 429:
-        return UpstreamRateLimited(f"Grok rate limit: {snippet or 'too many requests'}", retry_after=retry_after)
-    if status >= 500:
-        return UpstreamUnavailable(f"Grok returned HTTP {status}", status=status)
-    return UpstreamProtocolError(f"Grok returned HTTP {status}: {snippet}", status=status)
-
-
-def classify_inband_error(message: str, code: object = None) -> UpstreamError:
-    """An error that arrived inside a 200 stream, named like the HTTP status it stands for (§11.2)."""
-    text = message.lower()
-    if "usage limit" in text or "usage quota" in text or "rate limit" in text or "too many requests" in text:
-        return UpstreamRateLimited(f"Grok rate limit: {message}", status=None)
-    if code == 8:
-        return UpstreamRateLimited(f"Grok rate limit: {message}", status=None)
-    if any(m in text for m in _BANNED_MARKERS):
-        return UpstreamBanned(f"account is blocked by Grok: {message}")
-    if "anti-bot" in text or code == 7:
-        return UpstreamBlocked(f"Grok's anti-bot check rejected the request: {message}", status=None, kind="antibot")
-    if code == 16 or any(m in text for m in _CREDENTIAL_MARKERS):
-        return UpstreamAuthError(f"Grok rejected the account: {message}")
-    # Anything else stands for a 5xx: worth another account.
-    return UpstreamUnavailable(f"Grok reported an error: {message}")
-
-
-# With a proxy in use, curl connects to the proxy, so these failures are the proxy's.
-_PROXY_CODES = {CurlECode.COULDNT_RESOLVE_PROXY, CurlECode.COULDNT_CONNECT, CurlECode.PROXY}
-
-
-def _proxy_failure(exc: RequestException) -> bool:
-    if isinstance(exc, ProxyError | SSLError):
-        return True
-    return isinstance(exc, CurlConnectionError) and getattr(exc, "code", None) in _PROXY_CODES
-
-
-def _upstream_error(exc: RequestException, proxy: str = "") -> UpstreamUnavailable:
-    """What a curl_cffi failure means for us; through `proxy`, the failures between us and
-    the proxy (resolve, connect, tunnel, TLS handshake) are the proxy's."""
-    if proxy and _proxy_failure(exc):
-        return UpstreamProxyFailed(f"proxy {mask_proxy(proxy)} failed: {exc}")
-    return UpstreamUnavailable(f"network error talking to Grok: {exc}")
-
-
-@contextmanager
-def _translate(proxy: str = "") -> Iterator[None]:
-    """Turn every curl_cffi failure in the block into an `UpstreamUnavailable`, keeping the cause."""
-    try:
-        yield
-    except RequestException as exc:
-        raise _upstream_error(exc, proxy) from exc
-
-
-def mask_proxy(url: str) -> str:
-    """`http://user:****@host:port`: a proxy URL fit for logs and messages (the password never shows)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, hostpart = rest.rpartition("@")
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:****@{hostpart}"
 
 
 def statsig_id(constant: str = "") -> str:
@@ -295,7 +160,7 @@ class GrokClient:
     async def _start(self, method: str, url: str, headers: dict[str, str], body: bytes | None, *,
                      seconds: float, proxy: str) -> Transfer:
         config = self.config
-        with _translate(proxy):
+        with translate(proxy):
             return await _transfers(config).start(
                 method, url, headers, body, impersonate=config.impersonate, proxy=proxy,
                 connect_timeout=min(config.connect_timeout, seconds), lifetime=seconds,
@@ -307,7 +172,7 @@ class GrokClient:
         proxy = self.config.proxy_url if proxied else ""
         transfer = await self._start(method, url, headers, body, seconds=seconds, proxy=proxy)
         try:
-            with _translate(proxy):
+            with translate(proxy):
                 data = await transfer.body(asyncio.get_running_loop().time() + seconds)
         except TimeoutError:
             raise UpstreamTimeout(f"no complete answer within {seconds:g} s", phase="total") from None
@@ -329,7 +194,7 @@ class GrokClient:
             seconds=total_timeout + 5, proxy=proxy,
         )
         try:
-            with _translate(proxy):
+            with translate(proxy):
                 started = await transfer.started(asyncio.get_running_loop().time() + first_byte_timeout)
             if not started:
                 raise UpstreamTimeout(
@@ -344,7 +209,7 @@ class GrokClient:
     @staticmethod
     async def _error_from(transfer: Transfer) -> UpstreamError:
         try:
-            with _translate():
+            with translate():
                 raw = await transfer.body(asyncio.get_running_loop().time() + 10, limit=4096)
             body = raw.decode("utf-8", "replace")
         except (UpstreamError, TimeoutError):
@@ -355,16 +220,17 @@ class GrokClient:
             retry_after = float(value)
         return classify_error_body(transfer.status, body, retry_after)
 
-    async def rate_limits(self, token: str, mode: str) -> dict:
-        """`POST /rest/rate-limits` for one mode (§8.1); the pools issue builds quotas on it."""
+    async def rate_limits(self, token: str, mode: str) -> Reading:
+        """`POST /rest/rate-limits` for one mode (§8.1): the account's counters for it."""
         reply = await self._call("POST", self.config.base_url + RATE_LIMITS_PATH, self.headers(token),
                                  json.dumps({"modelName": mode}).encode(), seconds=30)
         if reply.status != 200:
             raise classify_error_body(reply.status, reply.text)
         try:
-            return json.loads(reply.body)
+            body = json.loads(reply.body)
         except ValueError as exc:
             raise UpstreamProtocolError("rate-limits answer is not JSON") from exc
+        return parse_rate_limits(body)
 
     async def probe(self, url: str = "") -> int:
         """Check that this route reaches Grok without being refused; returns the HTTP status.
@@ -424,8 +290,8 @@ class LineStream:
         while not lines:
             try:
                 chunks = await self._transfer.read(deadline)
-            except RequestException as exc:  # not `_translate()`: a context manager per read costs
-                raise _upstream_error(exc) from exc
+            except RequestException as exc:  # not `translate()`: a context manager per read costs
+                raise upstream_error(exc) from exc
             if not chunks:
                 if chunks is not None and self._partial:  # the answer ended without a last newline
                     lines.append(self._partial)

@@ -9,7 +9,7 @@ own options: URL, method and body, headers, proxy, timeouts and two callbacks. T
 bytes go to the `Transfer` straight from curl's write callback, and a reader waits on
 one future with a timer, not a task.
 
-`gateway.upstream` is the only user: it turns what fails here (curl_cffi's
+`gateway.grok` is the only user: it turns what fails here (curl_cffi's
 `RequestException` family) into the `UpstreamError` hierarchy.
 """
 
