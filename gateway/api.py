@@ -10,6 +10,7 @@ import uuid
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils.log import log_response
 from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
@@ -22,12 +23,10 @@ from gateway.errors import (
     NotFound,
     OpenAIError,
 )
-from gateway.grok import ChatAsk
 from gateway.messages import flatten
 from gateway.models import CATALOGUE_CREATED, ModelSpec, all_models, get_model, tier_satisfies
 from gateway.schemas import ChatCompletionRequest, ErrorBody, Model, ModelList
-from gateway.stream import Aggregator, ChunkWriter
-from grok2api.api_handler import EventStream
+from gateway.stream import Aggregator, ChunkWriter, EventStream
 from pools.selection import available_tiers
 
 logger = logging.getLogger(__name__)
@@ -82,10 +81,9 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
         raise ModelNotFound(body.model)
     if body.n is not None and body.n != 1:
         raise InvalidRequest("Only n=1 is supported: Grok returns one answer per call.", param="n")
-    ask = ChatAsk(mode=spec.mode, prompt=flatten(body.messages), temperature=body.temperature, top_p=body.top_p)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    session = await service.open_chat(spec, ask)
+    session = await service.open_chat(spec, flatten(body.messages), temperature=body.temperature, top_p=body.top_p)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(completion_id, created, body.model, include_usage=include_usage)
@@ -203,8 +201,12 @@ def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
 
 @api.exception_handler(Exception)
 def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.path)
-    return error_response(OpenAIError("The gateway hit an internal error; see its log for the request id."))
+    response = error_response(OpenAIError("The gateway hit an internal error; see its log for the request id."))
+    # One line per crash, with its traceback. `log_response` marks the response as logged, so the
+    # handler's `django.request` line for this 500 is skipped (Django de-duplicates its own that way).
+    log_response("unhandled error on %s %s", request.method, request.path, response=response, request=request,
+                 logger=logger, level="error", exception=exc)
+    return response
 
 
 async def unknown_route(request: HttpRequest) -> HttpResponse:

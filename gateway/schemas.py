@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from ninja import Schema
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,5 +65,3 @@ class ErrorDetail(Schema):
 class ErrorBody(Schema):
     error: ErrorDetail
 
-
-JSON = dict[str, Any]

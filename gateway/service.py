@@ -31,12 +31,12 @@ from gateway.grok.frames import Event, StreamError
 from gateway.models import ModelSpec
 from gateway.retry import Step, backoff_delay, log_attempt, next_step, outcome_for, to_openai
 from gateway.stream import Piece, Renderer
-from pools import proxies, selection
+from pools import proxies, quotas, selection
 from pools.proxies import ProxyChoice, client_config
 from pools.selection import Lease, Outcome
 from pools.settings import Runtime, aget_runtime
 
-__all__ = ["ChatSession", "client_config", "open_chat", "to_openai"]
+__all__ = ["ChatSession", "open_chat"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class _Timed:
 
 
 class ChatSession:
-    """One upstream answer on one leased account. Open with `start()`, read `pieces()`, always `close()`."""
+    """One upstream answer on one leased account. Open with `start()`, read `batches()`, always `close()`."""
 
     def __init__(self, lease: Lease, dialect: Dialect, ask: ChatAsk, runtime: Runtime) -> None:
         self.lease = lease
@@ -173,10 +173,16 @@ class ChatSession:
             await self._stack.aclose()
         finally:
             await self.lease.release(self._outcome, reason=self._reason, retry_after=self._retry_after)
+            if self._outcome is Outcome.RATE_LIMITED and not self._retry_after:
+                # The 429 named no window: ask Grok when this mode resets (in the background).
+                quotas.learn_reset_soon(self.lease.account_id, self.lease.mode)
 
 
-async def open_chat(model: ModelSpec, ask: ChatAsk) -> ChatSession:
-    """A started `ChatSession`, after as many attempts as the retry policy allows. Raises `OpenAIError`."""
+async def open_chat(model: ModelSpec, prompt: str, *, temperature: float | None = None,
+                    top_p: float | None = None) -> ChatSession:
+    """A started `ChatSession` answering `prompt`, after as many attempts as the retry policy allows.
+    Raises `OpenAIError`."""
+    ask = ChatAsk(mode=model.mode, prompt=prompt, temperature=temperature, top_p=top_p)
     runtime = await aget_runtime()
     limit = max(1, runtime.max_attempts)
     tried: set[int] = set()  # accounts that failed this request

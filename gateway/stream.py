@@ -3,6 +3,8 @@
 `Renderer` decides the visible text (answer, thinking, search links) once;
 `ChunkWriter` frames it as SSE `chat.completion.chunk`s and `Aggregator` as one
 `chat.completion`. Both paths consume the same `Piece`s, so they always agree.
+`EventStream` is the response that carries the SSE chunks: the API handler
+(`grok2api.api_handler`) sends it straight from its generator.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+from django.http import StreamingHttpResponse
 
 from gateway.errors import OpenAIError
 from gateway.grok import frames
@@ -200,3 +205,15 @@ class Aggregator:
             "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
             "usage": usage,
         }
+
+
+class EventStream(StreamingHttpResponse):
+    """A streamed answer whose generator yields bytes ready to send, one write each.
+
+    `grok2api.api_handler.ApiHandler` sends `events` itself; under any other handler
+    (Django's test client, for one) it is an ordinary streaming response.
+    """
+
+    def __init__(self, events: AsyncIterator[bytes], **kwargs: object) -> None:
+        super().__init__(events, **kwargs)
+        self.events = events

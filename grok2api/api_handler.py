@@ -6,9 +6,15 @@ built-in middleware runs its hooks through `sync_to_async` under ASGI, so the fu
 chain costs several thread hops on every request and every streamed response. This
 handler keeps the request id and the host check, both async.
 
-Event streams (`EventStream`) are sent straight from their generator: Django would pass
-each chunk through three more generators (`streaming_content`, `__aiter__`, `chunk_bytes`)
-on its way to the server, a cost paid per chunk of every open stream.
+Event streams (`gateway.stream.EventStream`) are sent straight from their generator: Django
+would pass each chunk through three more generators (`streaming_content`, `__aiter__`,
+`chunk_bytes`) on its way to the server, a cost paid per chunk of every open stream.
+
+To do so it overrides parts of Django's handler that Django does not document, and reads
+private attributes (`_middleware_chain`, `_resource_closers`, …). They are listed in
+tests/test_private_api_contracts.py, which names the one that moved when an upgrade breaks
+them; the handler refuses to start on a Django outside `DJANGO_SERIES` (and the system check
+`grok2api.E004` says so), rather than fail deep inside a request.
 
 It also leaves out what costs a thread per request in Django's own handler:
 `ThreadSensitiveContext` (each request's first thread-sensitive call would start an
@@ -25,16 +31,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix, set_urlconf
 from django.utils.decorators import async_only_middleware
 from django.utils.log import log_response, request_logger
+from django.utils.module_loading import import_string
+
+from gateway.grok.compat import curl_cffi_problem, version_problem
+from gateway.stream import EventStream
+
+DJANGO_SERIES = ("5.2",)  # Django releases whose handler internals this module was checked against
+DJANGO_TESTED = "5.2.19"  # the release tests/test_private_api_contracts.py last passed on
 
 API_MIDDLEWARE = [
     "grok2api.request_id.RequestIdMiddleware",
@@ -54,22 +68,44 @@ def HostCheckMiddleware(get_response: Callable) -> Callable:  # noqa: N802 - Dja
     return middleware
 
 
-class EventStream(StreamingHttpResponse):
-    """A streamed answer whose generator yields bytes ready to send, one write each."""
-
-    def __init__(self, events: AsyncIterator[bytes], **kwargs: object) -> None:
-        super().__init__(events, **kwargs)
-        self.events = events
+def django_problem() -> str | None:
+    """What is wrong with the installed Django for this handler, or None."""
+    return version_problem("Django", DJANGO_SERIES, DJANGO_TESTED)
 
 
 class ApiHandler(ASGIHandler):
+    def __init__(self) -> None:
+        problems = [problem for problem in (django_problem(), curl_cffi_problem()) if problem]
+        if problems:
+            raise ImproperlyConfigured(" ".join(problems))
+        super().__init__()
+
     def load_middleware(self, is_async: bool = False) -> None:
-        full = settings.MIDDLEWARE
-        settings.MIDDLEWARE = API_MIDDLEWARE  # read once, here, at start-up
-        try:
-            super().load_middleware(is_async)
-        finally:
-            settings.MIDDLEWARE = full
+        """Django's middleware loop, over `API_MIDDLEWARE` instead of `settings.MIDDLEWARE` (the admin's).
+
+        The API chain has no view, template-response or exception hooks: a middleware that
+        brings one is refused here rather than silently left out.
+        """
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        handler = convert_exception_to_response(self._get_response_async if is_async else self._get_response)
+        handler_is_async = is_async
+        for path in reversed(API_MIDDLEWARE):
+            factory = import_string(path)
+            # As Django decides: a sync handler keeps sync middleware sync; otherwise async if it can be.
+            can_sync, can_async = getattr(factory, "sync_capable", True), getattr(factory, "async_capable", False)
+            middleware_is_async = can_async if handler_is_async or not can_sync else False
+            adapted = self.adapt_method_mode(middleware_is_async, handler, handler_is_async,
+                                             debug=settings.DEBUG, name=f"middleware {path}")
+            instance = factory(adapted)
+            hooks = [hook for hook in ("process_view", "process_template_response", "process_exception")
+                     if hasattr(instance, hook)]
+            if hooks:
+                raise ImproperlyConfigured(f"API middleware {path} has {', '.join(hooks)}: the API handler runs none.")
+            handler = convert_exception_to_response(instance)
+            handler_is_async = middleware_is_async
+        self._middleware_chain = self.adapt_method_mode(is_async, handler, handler_is_async)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         await self.handle(scope, receive, send)
@@ -95,7 +131,8 @@ class ApiHandler(ASGIHandler):
 
         Django hands every 4xx/5xx to `log_response` through `sync_to_async`; at the level
         this project sets (ERROR) a 4xx line is dropped anyway, and a burst of 429s from an
-        exhausted pool paid one thread round trip each for nothing.
+        exhausted pool paid one thread round trip each for nothing. A 500 the API has logged
+        already, with its traceback (`gateway.api._unexpected`), `log_response` skips.
         """
         set_urlconf(settings.ROOT_URLCONF)
         response = await self._middleware_chain(request)

@@ -41,7 +41,8 @@ def test_startup_objects_are_frozen_out_of_the_collectors_sight():
 
 
 async def test_an_event_stream_is_sent_part_by_part_with_its_headers_and_closed_when_the_client_leaves():
-    from grok2api.api_handler import ApiHandler, EventStream
+    from gateway.stream import EventStream
+    from grok2api.api_handler import ApiHandler
 
     closed = asyncio.Event()
 

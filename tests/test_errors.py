@@ -166,3 +166,21 @@ def test_it_answers_429_when_every_account_stays_busy_past_the_queue_timeout(gat
         assert "busy" in error["message"] and int(response.headers["Retry-After"]) >= 1
     finally:
         holder.join(30)
+
+
+def test_a_crash_in_a_view_answers_500_and_is_logged_once_with_its_traceback_and_request_id(gateway, pool, caplog):
+    import logging
+
+    # A row no form or import writes (an unknown tier): the leasing rule cannot rank it and raises.
+    pool.add("corrupt-tier-1", tier="bogus")
+    with caplog.at_level(logging.WARNING):
+        response = _call(gateway, json={"model": "grok-chat-fast", "messages": HI},
+                         headers={**AUTH, "X-Request-Id": "rid-crash-1"})
+    error = _error(response, 500)
+    assert error["type"] == "server_error" and "request id" in error["message"]
+    assert response.headers["X-Request-Id"] == "rid-crash-1"
+    # One line, not the gateway's and then Django's `django.request` for the same 500.
+    (line,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.name == "gateway.api" and line.getMessage() == "unhandled error on POST /v1/chat/completions"
+    assert line.exc_info and line.exc_info[0] is KeyError
+    assert line.request_id == "rid-crash-1"

@@ -237,3 +237,61 @@ async def test_a_reused_handle_never_keeps_the_last_requests_proxy(fake_grok, fa
     assert [s.token for s in b.seen()] == ["tok-route-3"]
     assert len(fake_grok.requests("tok-route-2")) == 1
     await upstream.close_sessions()
+
+
+async def _until(condition, what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_the_upstream_stream_limit_moves_while_transfers_are_in_flight(fake_grok):
+    # `max_upstream_streams` is a runtime setting: each start applies the value its config carries.
+    fake_grok.reset()
+    await upstream.close_sessions()
+    config = dataclasses.replace(_client(fake_grok).config, max_clients=1)
+
+    async def answer(token: str) -> list[bytes]:
+        async with GrokClient(config).chat(token, {"modeId": "fast", "message": "hi"},
+                                           first_byte_timeout=5, total_timeout=10) as lines:
+            return [line async for line in lines]
+
+    async with GrokClient(config).chat("tok-lim-a", {"modeId": "fast", "message": "[fake:pace=200:20]"},
+                                       first_byte_timeout=5, total_timeout=30):
+        slots = upstream._loops[asyncio.get_running_loop()].slots
+        second = asyncio.create_task(answer("tok-lim-b"))
+        await _until(lambda: slots.waiting == 1, "the second transfer waits for a slot")
+        assert not fake_grok.requests("tok-lim-b") and slots.busy == 1
+
+        upstream._transfers(dataclasses.replace(config, max_clients=2))  # the operator raised the setting
+        assert await asyncio.wait_for(second, 10)  # answered whole while the first still streams
+        assert slots.limit == 2 and slots.waiting == 0
+
+        upstream._transfers(config)  # ... and lowered it again: one running already fills it
+        third = asyncio.create_task(answer("tok-lim-c"))
+        await _until(lambda: slots.waiting == 1, "the third transfer waits under the lowered limit")
+        assert not fake_grok.requests("tok-lim-c")
+    assert await asyncio.wait_for(third, 10)  # the first ended: its slot went to the waiter
+    assert slots.busy == 0 and slots.waiting == 0
+    await upstream.close_sessions()
+
+
+async def test_a_waiter_cancelled_before_it_resumes_keeps_no_slot():
+    slots = transfer.Slots(1)
+    await slots.acquire()
+    waiting = asyncio.create_task(slots.acquire())
+    await _until(lambda: slots.waiting == 1, "the second acquire waits")
+    waiting.cancel()  # still waiting: it leaves the queue
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    first, second = asyncio.create_task(slots.acquire()), asyncio.create_task(slots.acquire())
+    await _until(lambda: slots.waiting == 2, "two acquires wait")
+    slots.release()  # the slot goes to the first waiter...
+    first.cancel()  # ...which is cancelled before it resumes: the slot passes to the next
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, 10)
+    assert slots.busy == 1 and slots.waiting == 0

@@ -6,6 +6,7 @@
     frames      NDJSON frames -> typed events (protocol §2.3)
     dialect     how a chat is asked and read back (`RestDialect`, `ChatAsk`, `Budget`)
     ratelimits  `POST /rest/rate-limits` counters (protocol §8.1)
+    compat      the curl_cffi releases the private names in `transfer` were checked against
 
 This package imports nothing else from the project: `gateway.service` and `pools`
 use it, never the other way round. Protocol sections (§) are those of docs/protocol.md.

@@ -79,13 +79,16 @@ _own: contextvars.ContextVar[Transfers | None] = contextvars.ContextVar("own_ses
 
 
 def _transfers(config: ClientConfig) -> Transfers:
-    own = _own.get()
-    if own is not None:
-        return own
-    loop = asyncio.get_running_loop()
-    transfers = _loops.get(loop)
+    transfers = _own.get()
     if transfers is None:
-        transfers = _loops[loop] = Transfers(limit=config.max_clients)
+        loop = asyncio.get_running_loop()
+        transfers = _loops.get(loop)
+        if transfers is None:
+            transfers = _loops[loop] = Transfers(limit=config.max_clients)
+    # `max_clients` is a runtime setting: every start carries the current value, so a change
+    # reaches this loop's running limit with the next request (one comparison when unchanged).
+    if transfers.slots.limit != config.max_clients:
+        transfers.slots.limit = config.max_clients
     return transfers
 
 

@@ -8,7 +8,7 @@ The mgw WebSocket transport (protocol §3) becomes a second class with the same
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,7 +39,7 @@ class EventReader(Protocol):
 
 
 class Dialect(Protocol):
-    def open(self, token: str, ask: ChatAsk, budget: Budget) -> AsyncIterator[EventReader]:
+    def open(self, token: str, ask: ChatAsk, budget: Budget) -> AbstractAsyncContextManager[EventReader]:
         """An async context manager yielding the answer's `EventReader`."""
         ...
 

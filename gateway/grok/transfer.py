@@ -9,6 +9,12 @@ own options: URL, method and body, headers, proxy, timeouts and two callbacks. T
 bytes go to the `Transfer` straight from curl's write callback, and a reader waits on
 one future with a timer, not a task.
 
+How many transfers run at once is `Slots`, a limit the runtime setting
+`max_upstream_streams` moves while transfers run (`client._transfers` applies it).
+
+Only the "curl_cffi internals" section below reaches past curl_cffi's documented API;
+`compat` names the releases it was checked against.
+
 `gateway.grok` is the only user: it turns what fails here (curl_cffi's
 `RequestException` family) into the `UpstreamError` hierarchy.
 """
@@ -16,33 +22,49 @@ one future with a timer, not a task.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 
-from curl_cffi import Curl, CurlError, CurlHttpVersion, CurlInfo, CurlOpt
-from curl_cffi._wrapper import ffi, lib
-from curl_cffi.aio import AsyncCurl
-from curl_cffi.curl import CURL_WRITEFUNC_ERROR
-from curl_cffi.requests.exceptions import RequestException, code2error
-from curl_cffi.requests.impersonate import resolve_latest_browser_type
+from curl_cffi import AsyncCurl, Curl, CurlError, CurlHttpVersion, CurlInfo, CurlOpt, ffi
+from curl_cffi import curl as curl_module
+from curl_cffi.requests import exceptions as curl_exceptions
+from curl_cffi.requests import impersonate as curl_impersonate
+from curl_cffi.requests.exceptions import RequestException
+
+# --- curl_cffi internals ---------------------------------------------------------------------
+# From here to the end marker this module reaches past curl_cffi's documented API, and nowhere
+# else. `compat.CURL_CFFI_SERIES` names the releases these were checked against;
+# tests/test_private_api_contracts.py names the one that moved when an upgrade breaks them.
+
+# Undocumented helpers, no public equivalent: the value curl_cffi's write callback passes on to
+# libcurl to abort (any other value it replaces by the piece's length), the error-code -> exception
+# mapping its sessions raise through, and the resolution of "chrome" to the newest Chrome target.
+_ABORT = curl_module.CURL_WRITEFUNC_ERROR
+_error_class = curl_exceptions.code2error
+_latest_target = curl_impersonate.resolve_latest_browser_type
+
+
+class _HttpCurl(Curl):
+    """A curl handle for HTTP calls. curl_cffi gives every handle a zero-filled 128 KB
+    WebSocket receive buffer up front, sized by the private class attribute overridden below:
+    87 % of an open stream's memory in our measurements (docs/benchmarks.md), for a buffer no
+    HTTP transfer reads."""
+
+    _WS_RECV_BUFFER_SIZE = 64  # private: `Curl.__init__` allocates `_ws_recv_buffer` of this size
+    shape: tuple[str, bool] | None = None  # (impersonation target, HTTP/1.1 only) it is set up for
+
+
+# --- end of curl_cffi internals --------------------------------------------------------------
 
 UPLOAD_BUFFER = 16 * 1024  # bytes: libcurl's minimum for CURLOPT_UPLOAD_BUFFERSIZE
 ACCEPT_ENCODING = b"gzip, deflate, br"  # what curl_cffi asks for by default; curl decodes it
 MAX_REDIRECTS = 30
 
 
-class _HttpCurl(Curl):
-    """A curl handle for HTTP calls. curl_cffi gives every handle a zero-filled 128 KB
-    WebSocket receive buffer up front: 87 % of an open stream's memory in our measurements
-    (docs/benchmarks.md), for a buffer no HTTP transfer reads."""
-
-    _WS_RECV_BUFFER_SIZE = 64
-    shape: tuple[str, bool] | None = None  # (impersonation target, HTTP/1.1 only) it is set up for
-
-
 def _error(exc: CurlError) -> RequestException:
     """curl_cffi's own exception class for a curl error code, as its sessions raise them."""
     message = str(exc)
-    return code2error(exc.code, message)(message, exc.code)
+    return _error_class(exc.code, message)(message, exc.code)
 
 
 class Transfer:
@@ -79,7 +101,7 @@ class Transfer:
 
     def _on_body(self, chunk: bytes) -> int:
         if self._ended:  # aborted: tell curl to stop
-            return CURL_WRITEFUNC_ERROR
+            return _ABORT
         if not self.status:
             self.status = self._curl.getinfo(CurlInfo.RESPONSE_CODE)
         self._chunks.append(chunk)
@@ -196,6 +218,70 @@ class Transfer:
             self._pool._abort(self._curl)
 
 
+class Slots:
+    """How many transfers may run at once, a limit that can move while they run.
+
+    `asyncio.Semaphore` fixes its count when it is made; this limit is a runtime setting
+    (`max_upstream_streams`), so an operator's change must reach a worker's running loop.
+    Raising the limit lets waiters start at once; lowering it lets no new transfer start
+    until enough of those running have ended (none is stopped). Waiters start in arrival order.
+    """
+
+    __slots__ = ("_busy", "_limit", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = max(1, limit)  # 0 would stall every request for good
+        self._busy = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        self._limit = max(1, limit)
+        self._wake()
+
+    @property
+    def busy(self) -> int:
+        """Slots taken: transfers running (and waiters woken but not yet resumed)."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        return sum(not waiter.done() for waiter in self._waiters)
+
+    async def acquire(self) -> None:
+        if self._busy < self._limit and not self._waiters:
+            self._busy += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # woken with a slot, then cancelled before it resumed: hand the slot on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self._busy -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        # A woken waiter takes its slot here, so a newcomer cannot take it before the waiter resumes.
+        waiters = self._waiters
+        while waiters and self._busy < self._limit:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._busy += 1
+                waiter.set_result(None)
+
+
 class Transfers:
     """The transfers of one event loop: one curl multi handle and the easy handles it reuses."""
 
@@ -204,26 +290,26 @@ class Transfers:
         self._multi = AsyncCurl(loop=self.loop)
         self._idle: list[_HttpCurl] = []
         self._keep = idle  # idle handles kept beyond this number are closed
-        self._slots = asyncio.Semaphore(limit)  # transfers at once; more wait their turn
+        self.slots = Slots(limit)  # transfers at once; more wait their turn
         self.closed = False
 
     async def start(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, *,
                     impersonate: str, proxy: str = "", connect_timeout: float, lifetime: float) -> Transfer:
         """Send a request; the transfer runs until its end, `abort()` or `lifetime` seconds."""
-        await self._slots.acquire()
+        await self.slots.acquire()
         try:
             curl = self._take(impersonate, url.startswith("http://"))
             transfer = Transfer(self, curl)
             _prepare(curl, transfer, method, url, headers, body, proxy, connect_timeout, lifetime)
             done = self._multi.add_handle(curl)
         except BaseException:
-            self._slots.release()
+            self.slots.release()
             raise
         done.add_done_callback(transfer._finished)
         return transfer
 
     def _take(self, impersonate: str, http1: bool) -> _HttpCurl:
-        curl = self._idle.pop() if self._idle else _HttpCurl(cacert=self._multi._cacert)
+        curl = self._idle.pop() if self._idle else _HttpCurl()  # curl_cffi's default CA bundle, as the multi's
         shape = (impersonate, http1)
         if curl.shape != shape:
             _shape(curl, *shape)
@@ -236,7 +322,7 @@ class Transfers:
                 self._multi.remove_handle(curl)
 
     def _release(self, curl: _HttpCurl) -> None:
-        self._slots.release()
+        self.slots.release()
         curl.clean_handles_and_buffers()  # frees the header list; the next request sets its own
         if self.closed or len(self._idle) >= self._keep:
             curl.close()
@@ -262,7 +348,7 @@ def _shape(curl: _HttpCurl, impersonate: str, http1: bool) -> None:
     curl.setopt(CurlOpt.ACCEPT_ENCODING, ACCEPT_ENCODING)
     # Plain http (the fake upstream) speaks HTTP/1.1; otherwise the impersonated browser's choice.
     curl.setopt(CurlOpt.HTTP_VERSION, CurlHttpVersion.V1_1 if http1 else CurlHttpVersion.NONE)
-    target = resolve_latest_browser_type(impersonate)
+    target = _latest_target(impersonate)
     if curl.impersonate(target, default_headers=True) != 0:
         raise RequestException(f"curl cannot impersonate {impersonate!r}")
     # libcurl's default 64 KB upload buffer is allocated per transfer for a JSON body of
@@ -281,48 +367,33 @@ def _prepare(curl: _HttpCurl, transfer: Transfer, method: str, url: str, headers
              body: bytes | None, proxy: str, connect_timeout: float, lifetime: float) -> None:
     """The options of one request, each set every time (the handle still holds the last request's).
 
-    Straight through libcurl's setopt: curl_cffi's `Curl.setopt` builds two dicts and a
-    set to classify each option, a cost paid a dozen times per request (docs/benchmarks.md).
+    Through `Curl.setopt`: calling libcurl's setopt directly saved about one point of the
+    worker's CPU at 500 streams (docs/benchmarks.md, session 4), within the noise of a run,
+    not worth private names. Strings go in as bytes: for a `str`, `setopt` builds a set of
+    file-path options on every call. `setopt` keeps the body and the header list alive for
+    the transfer; `clean_handles_and_buffers` lets go of both when the handle goes back idle.
     """
-    handle = curl._curl
-    _set(handle, _URL, url.encode())
+    setopt = curl.setopt
+    setopt(CurlOpt.URL, url.encode())
     if method == "POST":
         body = body or b""
-        curl._body_handle = body  # not copied by libcurl: the handle keeps it until the transfer ends
-        _set(handle, _POSTFIELDS, body)
-        _set(handle, _POSTFIELDSIZE, ffi.new("long*", len(body)))
-        _set(handle, _CUSTOMREQUEST, ffi.NULL)
+        setopt(CurlOpt.POSTFIELDS, body)  # not copied by libcurl: `setopt` keeps a reference
+        setopt(CurlOpt.POSTFIELDSIZE, len(body))
+        setopt(CurlOpt.CUSTOMREQUEST, ffi.NULL)
     else:
-        _set(handle, _HTTPGET, ffi.new("long*", 1))
-        _set(handle, _CUSTOMREQUEST, ffi.NULL if method == "GET" else method.encode())
-    lines = curl._headers  # freed when the handle goes back idle (`clean_handles_and_buffers`)
-    for name, value in headers.items():
-        lines = lib.curl_slist_append(lines, f"{name}: {value}".encode())
-    curl._headers = lines = lib.curl_slist_append(lines, b"Expect:")  # never wait for a 100 Continue
-    _set(handle, _HTTPHEADER, lines)
+        setopt(CurlOpt.HTTPGET, 1)
+        setopt(CurlOpt.CUSTOMREQUEST, ffi.NULL if method == "GET" else method.encode())
+    lines = [f"{name}: {value}".encode() for name, value in headers.items()]
+    lines.append(b"Expect:")  # never wait for a 100 Continue
+    setopt(CurlOpt.HTTPHEADER, lines)
     if proxy:
         tunnel = url.startswith("https://") and not proxy.startswith("socks")
-        _set(handle, _PROXY, proxy.encode())
-        _set(handle, _HTTPPROXYTUNNEL, ffi.new("long*", int(tunnel)))
+        setopt(CurlOpt.PROXY, proxy.encode())
+        setopt(CurlOpt.HTTPPROXYTUNNEL, int(tunnel))
     else:
-        _set(handle, _PROXY, ffi.NULL)  # libcurl's default again: the environment's proxy, if any
-        _set(handle, _HTTPPROXYTUNNEL, ffi.new("long*", 0))
-    _set(handle, _CONNECTTIMEOUT_MS, ffi.new("long*", int(connect_timeout * 1000)))
-    _set(handle, _TIMEOUT_MS, ffi.new("long*", int(lifetime * 1000)))
-    curl.setopt(CurlOpt.HEADERFUNCTION, transfer._on_header)
-    curl.setopt(CurlOpt.WRITEFUNCTION, transfer._on_body)
-
-
-_URL, _POSTFIELDS, _POSTFIELDSIZE, _CUSTOMREQUEST, _HTTPGET, _HTTPHEADER, _PROXY, _HTTPPROXYTUNNEL = (
-    int(option) for option in (CurlOpt.URL, CurlOpt.POSTFIELDS, CurlOpt.POSTFIELDSIZE, CurlOpt.CUSTOMREQUEST,
-                               CurlOpt.HTTPGET, CurlOpt.HTTPHEADER, CurlOpt.PROXY, CurlOpt.HTTPPROXYTUNNEL)
-)
-_CONNECTTIMEOUT_MS, _TIMEOUT_MS = int(CurlOpt.CONNECTTIMEOUT_MS), int(CurlOpt.TIMEOUT_MS)
-
-
-def _set(handle: object, option: int, value: object) -> None:
-    """`curl_easy_setopt` (curl_cffi's glue takes a long option as a `long*`)."""
-    code = lib._curl_easy_setopt(handle, option, value)
-    if code:
-        message = f"curl refused option {CurlOpt(option).name} (libcurl error {code})"
-        raise code2error(code, message)(message, code)
+        setopt(CurlOpt.PROXY, ffi.NULL)  # libcurl's default again: the environment's proxy, if any
+        setopt(CurlOpt.HTTPPROXYTUNNEL, 0)
+    setopt(CurlOpt.CONNECTTIMEOUT_MS, int(connect_timeout * 1000))
+    setopt(CurlOpt.TIMEOUT_MS, int(lifetime * 1000))
+    setopt(CurlOpt.HEADERFUNCTION, transfer._on_header)
+    setopt(CurlOpt.WRITEFUNCTION, transfer._on_body)

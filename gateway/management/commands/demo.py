@@ -11,7 +11,6 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from gateway.fakegrok import FakeGrok
 from pools.importing import import_tokens
 
 # JSON lines, the same format operators can feed `import_tokens`.
@@ -31,6 +30,9 @@ class Command(BaseCommand):
         if upstream.hostname not in ("127.0.0.1", "localhost"):
             self.stderr.write(f"refusing to run the demo against {settings.GROK_BASE_URL}: use `make demo`")
             return
+        # The fake is test and demo code: a running gateway never imports it.
+        from gateway.fakegrok import FakeGrok
+
         call_command("migrate", "--noinput", verbosity=0)
         fake = FakeGrok(host=upstream.hostname, port=upstream.port or 80)
         fake.start_in_thread()
