@@ -1,10 +1,12 @@
 """Runtime settings: one row (`pools.models.RuntimeSettings`), one cached accessor with sync and async twins.
 
 Environment variables (`settings.RUNTIME_DEFAULTS`) give the row its first values.
-A save bumps the row's version and publishes it (Redis when set); each worker
-checks the published version at most every `CHECK_EVERY` seconds and reloads the
-row when it changed, so a change reaches every worker within a second, without a
-restart and without a database query per request.
+A save bumps the row's version (`RuntimeSettings.save`); once it commits, `publish`
+puts the version in Redis when REDIS_URL is set. Each worker checks the version at
+most every `CHECK_EVERY` seconds (the Redis key, else the row's `version` column:
+one indexed read, so a `manage.py runtime set` in another process counts too) and
+reloads the row when it changed. A change reaches every worker within a second,
+without a restart and without a database query per request.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 from pools import shared
+from pools.models import THINKING_FORMATS, RuntimeSettings
 
 CHECK_EVERY = 0.5  # seconds between version checks in one worker
 VERSION_KEY = "grok2api:runtime-version"
-THINKING_FORMATS = ("reasoning_content", "think")
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,7 @@ class Runtime:
     proxy_pool_url: str = dataclasses.field(repr=False)
     proxy_pool_interval: int
     proxy_health_interval: int
-    asset_proxy_url: str = dataclasses.field(repr=False)
     cf_clearance: str = dataclasses.field(repr=False)
-    upstream_dialect: str
     impersonate: str
     user_agent: str
     statsig_mode: str
@@ -70,8 +71,6 @@ class Runtime:
 
 def env_defaults() -> dict[str, Any]:
     """The first values of the row, from the environment (`RUNTIME_DEFAULTS`)."""
-    from pools.models import RuntimeSettings
-
     values = dict(getattr(django_settings, "RUNTIME_DEFAULTS", {}))
     names = {f.name for f in RuntimeSettings._meta.concrete_fields} - {"id", "version", "updated_at"}
     unknown = set(values) - names
@@ -79,12 +78,13 @@ def env_defaults() -> dict[str, Any]:
         raise ImproperlyConfigured(f"RUNTIME_DEFAULTS has unknown keys: {', '.join(sorted(unknown))}")
     values.setdefault("proxy_mode", "static" if values.get("proxy_url") else "none")
     values.setdefault("statsig_mode", "static" if values.get("statsig_id") else "generated")
-    if values.get("thinking_format", "reasoning_content") not in THINKING_FORMATS:
-        raise ImproperlyConfigured(f"THINKING_FORMAT must be one of {', '.join(THINKING_FORMATS)}")
+    formats = [name for name, _ in THINKING_FORMATS]
+    if values.get("thinking_format", "reasoning_content") not in formats:
+        raise ImproperlyConfigured(f"THINKING_FORMAT must be one of {', '.join(formats)}")
     return values
 
 
-def from_row(row: Any) -> Runtime:
+def from_row(row: RuntimeSettings) -> Runtime:
     values = {}
     for spec in dataclasses.fields(Runtime):
         value = getattr(row, spec.name)
@@ -100,31 +100,34 @@ def from_row(row: Any) -> Runtime:
 class _Cache:
     runtime: Runtime | None = None
     checked_at: float = 0.0
-    local_version: int = 0  # published version when there is no Redis (one process)
 
 
 _cache = _Cache()
 
 
-def _published_version_sync() -> int | None:
-    client = shared.sync_redis()
-    if client is None:
-        return _cache.local_version or None
-    raw = client.get(VERSION_KEY)
-    return int(raw) if raw else None
+def _row_version() -> int | None:
+    """The version in the database (None: no row yet): what is in force when Redis says nothing."""
+    return RuntimeSettings.objects.filter(pk=1).values_list("version", flat=True).first()
 
 
-async def _published_version() -> int | None:
-    client = shared.async_redis()
-    if client is None:
-        return _cache.local_version or None
-    raw = await client.get(VERSION_KEY)
-    return int(raw) if raw else None
-
-
-def _fresh(published: int | None) -> bool:
+def _fresh(version: int | None) -> bool:
     runtime = _cache.runtime
-    return runtime is not None and (published is None or published == runtime.version)
+    return runtime is not None and version == runtime.version
+
+
+def _check(published: int | None) -> Runtime:
+    """Reload the row unless `published` (the Redis key; None: missing or no Redis) matches the copy.
+
+    Without a Redis version, the row's own version decides: this is what makes a save in
+    another process (`manage.py runtime set` on SQLite) visible, and what survives a Redis flush.
+    """
+    if not _fresh(published) and not _fresh(_row_version()):
+        _cache.runtime = from_row(load_row())
+    return _cache.runtime
+
+
+def _redis_version(raw: str | bytes | None) -> int | None:
+    return int(raw) if raw else None
 
 
 def get_runtime() -> Runtime:
@@ -132,14 +135,14 @@ def get_runtime() -> Runtime:
     now = time.monotonic()
     if _cache.runtime is not None and now - _cache.checked_at < CHECK_EVERY:
         return _cache.runtime
-    if not _fresh(_published_version_sync()):
-        _cache.runtime = from_row(load_row())
+    client = shared.sync_redis()
+    runtime = _check(_redis_version(client.get(VERSION_KEY)) if client is not None else None)
     _cache.checked_at = now
-    return _cache.runtime
+    return runtime
 
 
 async def aget_runtime() -> Runtime:
-    """The runtime settings in force; at most one shared-cache read per `CHECK_EVERY`, no per-request query."""
+    """The runtime settings in force; at most one version check per `CHECK_EVERY`, no per-request query."""
     if _cache.runtime is not None and time.monotonic() - _cache.checked_at < CHECK_EVERY:
         return _cache.runtime
     # One check per worker at a time: a burst of requests at the end of CHECK_EVERY (or
@@ -158,17 +161,18 @@ _checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = we
 
 async def _acheck() -> Runtime:
     now = time.monotonic()
-    if not _fresh(await _published_version()):
-        from asgiref.sync import sync_to_async
-
-        _cache.runtime = from_row(await sync_to_async(load_row, thread_sensitive=True)())
+    client = shared.async_redis()
+    published = _redis_version(await client.get(VERSION_KEY)) if client is not None else None
+    if _fresh(published):
+        runtime = _cache.runtime
+    else:
+        # The database read (version, then the row if it changed) stays off the event loop.
+        runtime = await sync_to_async(_check, thread_sensitive=True)(published)
     _cache.checked_at = now
-    return _cache.runtime
+    return runtime
 
 
-def load_row() -> Any:
-    from pools.models import RuntimeSettings
-
+def load_row() -> RuntimeSettings:
     row = RuntimeSettings.objects.filter(pk=1).first()
     if row is None:
         row, _ = RuntimeSettings.objects.get_or_create(pk=1, defaults=env_defaults())
@@ -176,12 +180,21 @@ def load_row() -> Any:
 
 
 def publish(version: int) -> None:
-    """Tell every worker that version `version` is in force (called after a save commits)."""
+    """Tell every worker that version `version` is in force (after a save commits).
+
+    Redis carries it to the other workers when there is one; without Redis they read
+    the row's version. This process applies it at its next read either way.
+    """
     client = shared.sync_redis()
     if client is not None:
         client.set(VERSION_KEY, version)
-    _cache.local_version = version
     _cache.checked_at = 0.0
+
+
+def publish_saved(sender: type[RuntimeSettings], instance: RuntimeSettings, **kwargs: Any) -> None:
+    """`post_save` receiver for the row (connected in `PoolsConfig.ready`): every save publishes."""
+    version = instance.version
+    transaction.on_commit(lambda: publish(version))
 
 
 def update_runtime(**values: Any) -> Runtime:
@@ -201,7 +214,6 @@ def forget_runtime() -> None:
     """Drop this process's copy (tests flush the database under it)."""
     _cache.runtime = None
     _cache.checked_at = 0.0
-    _cache.local_version = 0
     client = shared.sync_redis()
     if client is not None:
         client.delete(VERSION_KEY)

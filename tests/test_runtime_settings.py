@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from io import StringIO
+from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from django.core.management import CommandError, call_command
 from django.test import Client
 
+import pools.models
+import pools.settings
+from pools import proxies
 from pools.models import RuntimeSettings
-from pools.settings import get_runtime, update_runtime
-from tests.multiworker import Cluster
+from pools.settings import VERSION_KEY, Runtime, get_runtime, update_runtime
+from tests.multiworker import REDIS_URL, ROOT, Cluster, free_port
 
 pytestmark = pytest.mark.timeout(120)
 ADMIN_URL = "/admin/pools/runtimesettings/"
+THINK = [{"role": "user", "content": "[fake:think] q"}]  # the fake answers with thinking on any model
 
 
 @pytest.fixture
@@ -38,7 +51,7 @@ def _form(admin_client) -> dict:
                     data[field.name] = "on"
             else:
                 data[field.name] = value
-    for secret in ("proxy_url", "proxy_pool_url", "asset_proxy_url", "cf_clearance"):
+    for secret in ("proxy_url", "proxy_pool_url", "cf_clearance"):
         data[secret] = ""
     return data
 
@@ -127,3 +140,127 @@ def test_a_save_in_one_process_reaches_every_worker_within_a_second(fake_grok):
             while not _answer(url, cluster.headers).startswith("<think>"):
                 assert time.monotonic() < deadline, f"{url} never applied the new setting"
                 time.sleep(0.1)
+
+
+def _thinking_as_think_tags(url: str, headers: dict) -> bool:
+    """One non-stream answer with thinking: True when it came as <think> in content, False as reasoning_content."""
+    reply = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=30,
+                       json={"model": "grok-chat-fast", "messages": THINK})
+    assert reply.status_code == 200, reply.text
+    message = reply.json()["choices"][0]["message"]
+    assert message["content"].startswith("<think>") or message.get("reasoning_content"), message
+    return message["content"].startswith("<think>")
+
+
+def _eventually_think_tags(url: str, headers: dict, what: str) -> None:
+    # Workers check the version every 0.5 s; poll (bounded) instead of timing it.
+    deadline = time.monotonic() + 10
+    while not _thinking_as_think_tags(url, headers):
+        assert time.monotonic() < deadline, f"{url} never applied {what}"
+        time.sleep(0.1)
+
+
+def test_a_runtime_set_reaches_a_running_server_on_sqlite_without_redis(fake_grok, tmp_path):
+    """The default deployment: `manage.py runtime set` in its own process changes what the server answers."""
+    fake_grok.reset()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    env.update({"DATA_DIR": str(tmp_path), "DATABASE_URL": "", "REDIS_URL": "", "API_KEY": "sk-rtset",
+                "GROK_BASE_URL": fake_grok.base_url, "GROK_ASSETS_URL": fake_grok.base_url,
+                "PERIODIC_JOBS": "false", "LOG_LEVEL": "WARNING"})
+
+    def manage(*args: str, input: str | None = None) -> None:
+        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, input=input, text=True,
+                       check=True, capture_output=True, timeout=60)
+
+    manage("migrate", "-v", "0")
+    manage("import_tokens", "-", "--type", "basic", input="good-1\n")
+    port = free_port()
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": "Bearer sk-rtset"}
+    proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not come up"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert not _thinking_as_think_tags(url, headers)  # the server has loaded (and cached) the settings
+
+        manage("runtime", "set", "thinking_format", "think")
+
+        _eventually_think_tags(url, headers, "a `runtime set` from another process")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_a_worker_reads_the_database_version_when_the_redis_key_is_gone(fake_grok):
+    """After a Redis flush (or a lost publish) the row's own version still decides."""
+    fake_grok.reset()
+    with Cluster(workers=1, fake_url=fake_grok.base_url) as cluster:
+        cluster.manage("import_tokens", "-", "--type", "basic", input="good-1\n")
+        [url] = cluster.urls
+        assert not _thinking_as_think_tags(url, cluster.headers)
+
+        # A change the worker was never told about through Redis: the key is gone, the row moved on.
+        cluster.sql("update pools_runtimesettings set thinking_format = 'think', version = version + 1")
+        redis.Redis.from_url(REDIS_URL).delete(VERSION_KEY)
+
+        _eventually_think_tags(url, cluster.headers, "the database version")
+
+
+def test_every_setting_an_operator_can_change_is_read(admin_client):
+    """A setting in the admin or `manage.py runtime` is a field of `Runtime`, the values in force."""
+    read = {spec.name for spec in dataclasses.fields(Runtime)}
+    page = admin_client.get(admin_client.get(ADMIN_URL).url).content.decode()
+    shown = {name for name in re.findall(r'<(?:input|select|textarea)[^>]* name="([^"]+)"', page)
+             if not name.startswith("_") and name != "csrfmiddlewaretoken"}
+    assert "thinking_format" in shown and "cf_clearance" in shown
+    assert shown <= read, f"the admin shows settings nothing reads: {sorted(shown - read)}"
+
+    out = StringIO()
+    call_command("runtime", "list", stdout=out)
+    listed = {line.split(" = ", 1)[0] for line in out.getvalue().splitlines()} - {"version"}
+    assert "max_attempts" in listed
+    assert listed <= read, f"`manage.py runtime` changes settings nothing reads: {sorted(listed - read)}"
+
+    for hidden in ("upstream_dialect", "asset_proxy_url"):
+        assert hidden not in shown | listed | read
+        assert hidden not in {field.name for field in RuntimeSettings._meta.get_fields()}
+        with pytest.raises(CommandError, match="unknown setting"):
+            call_command("runtime", "set", hidden, "x")
+    assert not hasattr(proxies, "asset_proxy_url")
+
+
+def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
+    """(module, at module level) for every import in `tree`; `from pools import settings` counts as pools.settings."""
+    top = set(map(id, tree.body))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [(node.module, id(node) in top)]
+            found += [(f"{node.module}.{alias.name}", id(node) in top) for alias in node.names]
+    return found
+
+
+def test_settings_depend_on_models_and_not_the_other_way():
+    models = _imports(ast.parse(Path(pools.models.__file__).read_text()))
+    assert not [name for name, _ in models if name.startswith("pools.settings")]
+    settings_imports = _imports(ast.parse(Path(pools.settings.__file__).read_text()))
+    assert ("pools.models", True) in settings_imports
+    assert [name for name, top in settings_imports if not top] == []  # nothing imported late to dodge a cycle
+    assert pools.settings.THINKING_FORMATS is pools.models.THINKING_FORMATS
+
+
+def test_any_save_of_the_row_is_in_force_at_once_in_this_process(transactional_db):
+    assert get_runtime().thinking_format == "reasoning_content"  # cached now
+    row = RuntimeSettings.objects.get()
+    row.thinking_format = "think"
+    row.save()  # neither the admin nor `update_runtime`: the post_save receiver publishes it
+    assert get_runtime().thinking_format == "think" and get_runtime().version == 2

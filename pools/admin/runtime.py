@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from pools.models import RuntimeSettings, mask_proxy_url, mask_token
 from pools.settings import env_defaults, load_row
 
-SECRETS = ("proxy_url", "proxy_pool_url", "asset_proxy_url", "cf_clearance")
+SECRETS = ("proxy_url", "proxy_pool_url", "cf_clearance")
 
 
 def _masked(name: str, value: str) -> str:
@@ -69,9 +69,9 @@ class RuntimeSettingsAdmin(admin.ModelAdmin):
             "quota_refresh_interval", "recovery_probe_interval", "probe_expired_accounts")}),
         ("Proxies", {"fields": (
             "proxy_mode", "proxy_url", "proxy_pool_url", "proxy_pool_interval", "proxy_health_interval",
-            "asset_proxy_url", "cf_clearance")}),
+            "cf_clearance")}),
         ("Upstream", {"fields": (
-            "upstream_dialect", "impersonate", "user_agent", "statsig_mode", "statsig_id", "max_upstream_streams")}),
+            "impersonate", "user_agent", "statsig_mode", "statsig_id", "max_upstream_streams")}),
         ("In force", {"fields": ("version", "updated_at")}),
     )
 
