@@ -25,6 +25,8 @@ from typing import TypeVar
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections
 
+from gateway.grok import close_sessions
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -36,8 +38,6 @@ async def _isolated(factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return await factory()
     finally:
-        from gateway.grok import close_sessions
-
         try:
             await close_sessions()
         except Exception:

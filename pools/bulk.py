@@ -29,7 +29,8 @@ from django.utils import timezone
 
 from pools import background
 from pools.models import Account, BulkTask
-from pools.quotas import KIND_WORDS, RefreshResult, refresh_many
+from pools.quotas import RefreshResult, refresh_many
+from pools.reports import KIND_WORDS
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
 """Periodic jobs: registered here, run in every worker, once per interval cluster-wide.
 
-Modules register their jobs with `@periodic(name, interval)`; `interval` reads the
-runtime settings each time it is asked, so a change in the admin applies at the
-next check (0 or less switches the job off). Job modules are imported by
-`load_jobs()` from `JOB_MODULES`.
+`pools.schedule` registers the jobs with `@periodic(name, interval)`; `interval`
+reads the runtime settings each time it is asked, so a change in the admin applies
+at the next check (0 or less switches the job off). It also registers pollers
+(`@poller(name, every)`): work each worker does on its own every few seconds,
+without a lock or a `JobRun` (picking up queued admin bulk tasks). `load_jobs()`
+imports the modules in `JOB_MODULES`; one that is missing is an error, never a
+job silently switched off.
 
 `ensure_scheduler()` (cheap, idempotent; called on each worker's first request)
 starts one asyncio task per worker process that checks every `TICK` seconds
@@ -17,8 +20,8 @@ then, under the lock, reads the job's `JobRun` row: only if its last start is an
 interval old does it run the job. So a job runs once per interval across all
 workers, whichever worker gets there first. Each run is recorded in `JobRun`
 (start, finish, duration, outcome ok/failed, message, runs); an exception is
-logged and recorded and never stops the loop. The same loop picks up queued
-admin bulk tasks (`pools.bulk`). `await run_job(name)` runs one job now.
+logged and recorded and never stops the loop. The same loop runs the pollers.
+`await run_job(name)` runs one job now.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
-import importlib.util
 import logging
 import threading
 import time
@@ -41,17 +43,17 @@ from django.db.models import F
 from django.utils import timezone
 
 from pools.locks import JobLock, default_lock
+from pools.models import JobRun
 from pools.settings import Runtime, aget_runtime
 
 logger = logging.getLogger(__name__)
 
 JobFunc = Callable[[], Awaitable[str | None]]  # returns a short message for the admin
 
-# Modules whose import registers jobs. A module that does not exist (yet) is skipped.
-JOB_MODULES = ("pools.quotas", "pools.probes", "pools.proxies")
+# Modules whose import registers jobs and pollers.
+JOB_MODULES = ("pools.schedule",)
 TICK = 1.0  # seconds between due checks in one worker
 LOCKED_RETRY = 5.0  # seconds before a worker looks again at a job another worker holds
-BULK_POLL = 10.0  # seconds between looks for queued admin bulk tasks
 MESSAGE_MAX = 2000
 
 
@@ -62,7 +64,15 @@ class Job:
     func: JobFunc
 
 
+@dataclass(frozen=True)
+class Poller:
+    name: str
+    every: float  # seconds between two runs in one worker
+    func: Callable[[], Awaitable[object]]
+
+
 JOBS: dict[str, Job] = {}
+POLLERS: dict[str, Poller] = {}
 
 
 def periodic(name: str, interval: Callable[[Runtime], float]) -> Callable[[JobFunc], JobFunc]:
@@ -73,11 +83,18 @@ def periodic(name: str, interval: Callable[[Runtime], float]) -> Callable[[JobFu
     return register
 
 
+def poller(name: str, every: float) -> Callable[[Callable[[], Awaitable[object]]], Callable[[], Awaitable[object]]]:
+    def register(func: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
+        POLLERS[name] = Poller(name, every, func)
+        return func
+
+    return register
+
+
 def load_jobs() -> dict[str, Job]:
     """Import the job modules (once; later calls are dictionary lookups) and return the registry."""
     for module in JOB_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+        importlib.import_module(module)  # a missing module fails here, loudly
     return JOBS
 
 
@@ -98,8 +115,6 @@ class RunResult:
 
 def _claim_run(name: str, interval: float, now: datetime, force: bool) -> tuple[bool, datetime | None]:
     """Under the job's lock: mark it started if it is due (or forced); else say when it last started."""
-    from pools.models import JobRun
-
     with transaction.atomic():
         run, _ = JobRun.objects.get_or_create(name=name)
         last = run.last_started_at
@@ -110,8 +125,6 @@ def _claim_run(name: str, interval: float, now: datetime, force: bool) -> tuple[
 
 
 def _finish_run(name: str, outcome: str, message: str, duration: float) -> None:
-    from pools.models import JobRun
-
     JobRun.objects.filter(name=name).update(
         last_finished_at=timezone.now(),
         duration_ms=max(0, round(duration * 1000)),
@@ -131,12 +144,12 @@ class Runner:
     lock: JobLock = field(default_factory=default_lock)
     only: Iterable[str] | None = None  # job names; None: every registered job
     tick_seconds: float = TICK
-    bulk_tasks: bool = True  # also pick up queued admin bulk tasks
+    pollers: bool = True  # also run the registered pollers
     _last_started: dict[str, datetime] = field(default_factory=dict, init=False)
     _retry_at: dict[str, float] = field(default_factory=dict, init=False)
     _running: dict[str, asyncio.Task] = field(default_factory=dict, init=False)
-    _bulk: asyncio.Task | None = field(default=None, init=False)
-    _bulk_at: float = field(default=0.0, init=False)
+    _polls: dict[str, asyncio.Task] = field(default_factory=dict, init=False)
+    _poll_at: dict[str, float] = field(default_factory=dict, init=False)
 
     def jobs(self) -> list[Job]:
         names = set(self.only) if self.only is not None else None
@@ -208,11 +221,12 @@ class Runner:
             if last is not None and now - last < timedelta(seconds=interval):
                 continue
             self._running[job.name] = asyncio.create_task(self._attempt(job, runtime), name=f"job:{job.name}")
-        if self.bulk_tasks and clock >= self._bulk_at and (self._bulk is None or self._bulk.done()):
-            from pools import bulk
-
-            self._bulk_at = clock + BULK_POLL
-            self._bulk = asyncio.create_task(bulk.run_queued(), name="bulk-tasks")
+        if self.pollers:
+            for poll in list(POLLERS.values()):
+                running = self._polls.get(poll.name)
+                if clock >= self._poll_at.get(poll.name, 0.0) and (running is None or running.done()):
+                    self._poll_at[poll.name] = clock + poll.every
+                    self._polls[poll.name] = asyncio.create_task(poll.func(), name=f"poll:{poll.name}")
 
     async def _attempt(self, job: Job, runtime: Runtime) -> None:
         try:
@@ -241,7 +255,7 @@ class Runner:
             await self.close()
 
     async def close(self) -> None:
-        tasks = [t for t in (*self._running.values(), self._bulk) if t is not None and not t.done()]
+        tasks = [t for t in (*self._running.values(), *self._polls.values()) if not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -311,7 +325,7 @@ async def run_job(name: str) -> RunResult:
     jobs = load_jobs()
     if name not in jobs:
         raise KeyError(f"no periodic job {name!r}; registered: {', '.join(sorted(jobs))}")
-    runner = Runner(only=[name], bulk_tasks=False)
+    runner = Runner(only=[name], pollers=False)
     try:
         return await runner.run_now(jobs[name])
     finally:

@@ -1,8 +1,9 @@
-"""Grok accounts (SSO tokens) and their state.
+"""The pools' tables: Grok accounts (SSO tokens) and their quotas, proxies, runtime settings, job runs.
 
-State changes go through the methods here; nothing else calls `.save()` on an
-`Account`. Each method is one conditional UPDATE so concurrent requests in one
-process never overwrite each other's counters.
+Account and quota state changes go through the queryset methods here
+(`AccountQuerySet`, `QuotaQuerySet`); nothing else writes those columns. Each
+is one conditional UPDATE, so concurrent workers never overwrite each other's
+counters.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
-from django.db.models import F, Q
-from django.utils import timezone
+from django.db import IntegrityError, connections, models, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Greatest
+
+from gateway.grok import mask_proxy_url
 
 TIER_ORDER = {"basic": 0, "super": 1, "heavy": 2}
 
@@ -43,13 +46,16 @@ class Status(models.TextChoices):
 
 
 class AccountQuerySet(models.QuerySet):
-    def able_to_serve(self, tier: str) -> AccountQuerySet:
-        return self.filter(tier__in=tiers_at_least(tier))
+    def in_rotation(self) -> AccountQuerySet:
+        """Active or cooling: a cooldown ends by itself, while expired and disabled accounts stay out."""
+        return self.filter(status__in=[Status.ACTIVE, Status.COOLING])
 
     def usable(self, now: datetime) -> AccountQuerySet:
-        """Active, or cooling with a window that has already ended (a null window counts as ended)."""
+        """Able to serve as far as the account row goes: active, or cooling with a window that has
+        already ended (a null window counts as ended). The one definition: leasing's rule states it
+        in Python and SQL too (`pools.leasing.rule`, step 1), and its behaviour suite holds them to it."""
         ended = Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now)
-        return self.filter(Q(status=Status.ACTIVE) | (Q(status=Status.COOLING) & ended))
+        return self.in_rotation().filter(Q(status=Status.ACTIVE) | (Q(status=Status.COOLING) & ended))
 
     def end_cooldowns(self, now: datetime) -> int:
         """Put accounts whose cooldown window has passed back in rotation; returns how many."""
@@ -71,6 +77,80 @@ class AccountQuerySet(models.QuerySet):
 
     def reset_failures(self) -> int:
         return self.exclude(failure_count=0, last_error="").update(failure_count=0, last_error="")
+
+    # What requests and probes learn. Every account state change goes through these: each is
+    # one conditional UPDATE, so workers settling outcomes at once never overwrite each other's
+    # counters. `use` (last_used_at, use_count) also counts a use, for callers that record it here.
+
+    def succeeded(self, **use: object) -> int:
+        """The token answered: failures in a row end (written only where there is one to end)."""
+        if use:
+            return self.update(failure_count=0, last_error="", **use)
+        return self.reset_failures()
+
+    def failed(self, reason: str, **use: object) -> int:
+        """A failure that may be the account's: counted."""
+        return self.update(failure_count=F("failure_count") + 1, last_error=reason[:500], **use)
+
+    def noted(self, reason: str, **use: object) -> int:
+        """A failure that is not the account's (proxy, network, Grok down, a 429): shown, not counted."""
+        return self.update(last_error=reason[:500], **use)
+
+    def rejected(self, reason: str, threshold: int, **use: object) -> int:
+        """Grok refused the token (401): counted; expired at `threshold` in a row, never when disabled."""
+        at_threshold = Q(failure_count__gte=max(threshold, 1) - 1) & ~Q(status=Status.DISABLED)
+        return self.update(
+            failure_count=F("failure_count") + 1,
+            last_error=reason[:500],
+            status=Case(When(at_threshold, then=Value(Status.EXPIRED)), default=F("status")),
+            **use,
+        )
+
+    def banned(self, reason: str, **use: object) -> int:
+        """Grok blocks the account for good: disabled."""
+        return self.update(status=Status.DISABLED, cooldown_until=None, last_error=f"banned: {reason}"[:500], **use)
+
+    def cool_down(self, until: datetime, reason: str) -> int:
+        """Out of rotation until `until` (every mode of an account in rotation is spent)."""
+        return self.filter(status__in=[Status.ACTIVE, Status.COOLING]).update(
+            status=Status.COOLING, cooldown_until=until, last_error=reason[:500]
+        )
+
+    def revive(self) -> int:
+        """An expired account whose token answers again is active again."""
+        return self.filter(status=Status.EXPIRED).update(status=Status.ACTIVE, cooldown_until=None)
+
+    def resume(self) -> int:
+        """A cooling account with quota again is back in rotation."""
+        return self.filter(status=Status.COOLING).update(status=Status.ACTIVE, cooldown_until=None)
+
+    def unbind_proxies(self) -> int:
+        """Forget these accounts' proxy bindings (the next request binds them again)."""
+        return self.exclude(proxy=None).update(proxy=None)
+
+    def add_uses(self, uses: list[tuple[int, int, datetime | None]]) -> None:
+        """Add each (account id, uses, last use) and move `last_used_at` forward, never back
+        (another worker, or a failure settled at once, may have written a later one).
+
+        One prepared UPDATE run once per account: the ORM's CASE of one WHEN per account, built
+        every second by the usage ledger, cost more CPU than the statement itself (docs/benchmarks.md).
+        """
+        connection = connections[self.db]
+        quote = connection.ops.quote_name
+        table = quote(Account._meta.db_table)
+        count, last, pk = (quote(Account._meta.get_field(name).column) for name in ("use_count", "last_used_at", "id"))
+        adapt = connection.ops.adapt_datetimefield_value
+        dated = [(n, adapt(at), adapt(at), pk_) for pk_, n, at in uses if at is not None]
+        undated = [(n, pk_) for pk_, n, at in uses if at is None]
+        with connection.cursor() as cursor:
+            if dated:
+                cursor.executemany(
+                    f"UPDATE {table} SET {count} = {count} + %s, {last} = CASE WHEN {last} IS NULL OR {last} < %s "
+                    f"THEN %s ELSE {last} END WHERE {pk} = %s",
+                    dated,
+                )
+            if undated:
+                cursor.executemany(f"UPDATE {table} SET {count} = {count} + %s WHERE {pk} = %s", undated)
 
 
 class Account(models.Model):
@@ -107,49 +187,48 @@ class Account(models.Model):
     def masked_token(self) -> str:
         return mask_token(self.token)
 
-    def _update(self, **fields: object) -> None:
-        Account.objects.filter(pk=self.pk).update(**fields)
-        self.refresh_from_db()
 
-    def claim(self, now: datetime) -> bool:
-        """Mark this account used, if nobody else did since it was read.
+class QuotaQuerySet(models.QuerySet):
+    def debit(self, cost: int) -> int:
+        """Local estimate until the next sync: `remaining` never goes below 0; unknown stays unknown."""
+        return self.filter(remaining__isnull=False).update(remaining=Greatest(F("remaining") - cost, Value(0)))
 
-        The row count of the conditional UPDATE decides who won, so two workers that
-        read the same least-recently-used row cannot both take it.
-        """
-        won = Account.objects.filter(pk=self.pk, status=Status.ACTIVE, use_count=self.use_count).update(
-            last_used_at=now, use_count=F("use_count") + 1
-        )
-        if won:
-            self.last_used_at, self.use_count = now, self.use_count + 1
-        return bool(won)
+    def cool(self, account_id: int, mode: str, until: datetime) -> None:
+        """This mode of the account, and only this mode, is out until `until`; its count is spent."""
+        if self.filter(account_id=account_id, mode=mode).update(cooldown_until=until, remaining=0):
+            return
+        try:
+            with transaction.atomic(using=self.db):
+                self.create(account_id=account_id, mode=mode, cooldown_until=until, remaining=0)
+        except IntegrityError:  # another worker created the row first
+            self.filter(account_id=account_id, mode=mode).update(cooldown_until=until, remaining=0)
 
-    def mark_used(self) -> None:
-        self._update(last_used_at=timezone.now(), use_count=F("use_count") + 1)
+    def record_reading(self, account_id: int, mode: str, remaining: int, total: int | None, window: int | None,
+                       now: datetime, cooldown_seconds: float) -> None:
+        """What Grok's rate-limits said: a mode at zero cools down until its window resets."""
+        resets_at = now + timedelta(seconds=window) if window else None
+        cooldown = (resets_at or now + timedelta(seconds=cooldown_seconds)) if remaining <= 0 else None
+        self.update_or_create(account_id=account_id, mode=mode, defaults={
+            "remaining": remaining, "total": total, "window_seconds": window, "resets_at": resets_at,
+            "cooldown_until": cooldown, "synced_at": now,
+        })
 
-    def mark_success(self) -> None:
-        self._update(failure_count=0, last_error="")
+    def stretch_cooldown(self, account_id: int, mode: str, total: int | None, window: int, now: datetime) -> int:
+        """A spent mode is out until its real reset; a cooldown is never shortened."""
+        resets_at = now + timedelta(seconds=window)
+        return self.filter(account_id=account_id, mode=mode).filter(
+            Q(cooldown_until__isnull=True) | Q(cooldown_until__lt=resets_at)
+        ).update(cooldown_until=resets_at, resets_at=resets_at, remaining=0, total=total, window_seconds=window,
+                 synced_at=now)
 
-    def record_failure(self, reason: str) -> None:
-        self._update(failure_count=F("failure_count") + 1, last_error=reason[:500])
-
-    def mark_expired(self, reason: str) -> None:
-        self._update(status=Status.EXPIRED, failure_count=F("failure_count") + 1, last_error=reason[:500])
-
-    def cool_down(self, until: datetime, reason: str) -> None:
-        self._update(status=Status.COOLING, cooldown_until=until, last_error=reason[:500])
-
-    def cool_down_for(self, seconds: float, reason: str) -> None:
-        self.cool_down(timezone.now() + timedelta(seconds=seconds), reason)
-
-    def enable(self) -> None:
-        self._update(status=Status.ACTIVE, cooldown_until=None)
-
-    def disable(self, reason: str = "") -> None:
-        self._update(status=Status.DISABLED, last_error=reason[:500] or self.last_error)
-
-    def reset_failures(self) -> None:
-        self._update(failure_count=0, last_error="")
+    def spent_until(self, account_id: int, modes: tuple[str, ...], now: datetime) -> datetime | None:
+        """When every one of `modes` is known to be at zero: the first reset among them (else None)."""
+        rows = list(self.filter(account_id=account_id, mode__in=modes).values_list("remaining", "cooldown_until"))
+        if len(rows) < len(modes):
+            return None
+        if any(remaining is None or remaining > 0 or until is None or until <= now for remaining, until in rows):
+            return None
+        return min(until for _, until in rows)
 
 
 class Quota(models.Model):
@@ -167,6 +246,8 @@ class Quota(models.Model):
     resets_at = models.DateTimeField(null=True, blank=True)
     cooldown_until = models.DateTimeField(null=True, blank=True, db_index=True)
     synced_at = models.DateTimeField(null=True, blank=True)
+
+    objects = QuotaQuerySet.as_manager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "mode"], name="quota_account_mode")]
@@ -197,16 +278,6 @@ class ProxySource(models.TextChoices):
     ENV = "env", "PROXY_URL"
 
 
-def mask_proxy_url(url: str) -> str:
-    """`socks5h://user:****@host:1080`: the password never shows."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, hostpart = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:****@{hostpart}"
-
-
 class Proxy(models.Model):
     url = models.CharField(max_length=500, unique=True, help_text="http://, https://, socks5:// or socks5h://")
     enabled = models.BooleanField(default=True)
@@ -232,20 +303,23 @@ class Proxy(models.Model):
         return mask_proxy_url(self.url)
 
 
+THINKING_FORMATS = [("reasoning_content", "reasoning_content field"), ("think", "<think>…</think> in content")]
+
+
 class RuntimeSettings(models.Model):
     """The one row of settings operators change at run time (read through `pools.settings`).
 
     Environment variables give the first values; after that this row is what is in
-    force. Saving bumps `version`, and every worker reloads within a second.
+    force. Saving bumps `version`; `pools.settings` publishes it once the save commits
+    (a `post_save` receiver), and every worker reloads within a second.
+    A field here is one something reads: add it with the feature that uses it.
     """
 
-    THINKING_FORMATS = [("reasoning_content", "reasoning_content field"), ("think", "<think>…</think> in content")]
     PROXY_MODES = [
         ("none", "No proxy"), ("static", "One static proxy (PROXY_URL)"),
         ("list", "The proxies listed in the admin"), ("pool_url", "Fetched from a proxy-pool URL"),
     ]
     STATSIG_MODES = [("generated", "Generated per request"), ("static", "The static value below")]
-    DIALECTS = [("rest", "REST app-chat (NDJSON)")]
 
     thinking_format = models.CharField(max_length=20, choices=THINKING_FORMATS, default="reasoning_content")
     show_thinking = models.BooleanField(default=True)
@@ -272,9 +346,7 @@ class RuntimeSettings(models.Model):
     proxy_pool_url = models.CharField(max_length=500, blank=True, default="", help_text="Returns one proxy URL.")
     proxy_pool_interval = models.PositiveIntegerField(default=300, help_text="Seconds between pool fetches.")
     proxy_health_interval = models.PositiveIntegerField(default=300, help_text="Seconds between proxy checks.")
-    asset_proxy_url = models.CharField(max_length=500, blank=True, default="", help_text="Proxy for asset downloads.")
     cf_clearance = models.TextField(blank=True, default="", help_text="Used when no proxy carries its own.")
-    upstream_dialect = models.CharField(max_length=10, choices=DIALECTS, default="rest")
     impersonate = models.CharField(max_length=40, default="chrome136")
     user_agent = models.CharField(max_length=400, blank=True, default="")
     statsig_mode = models.CharField(max_length=10, choices=STATSIG_MODES, default="generated")
@@ -314,13 +386,9 @@ class RuntimeSettings(models.Model):
             raise ValidationError(errors)
 
     def save(self, *args: object, **kwargs: object) -> None:
-        from pools.settings import publish
-
         if not self._state.adding:
             self.version = (self.version or 0) + 1
         super().save(*args, **kwargs)
-        version = self.version
-        transaction.on_commit(lambda: publish(version))
 
 
 class JobRun(models.Model):

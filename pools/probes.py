@@ -1,7 +1,7 @@
 """Recovery probes: nothing stays "limited" after its window has passed.
 
-The periodic job `recovery_probe` (every `recovery_probe_interval` seconds) asks
-Grok's rate-limits again for
+The periodic job `recovery_probe` (`pools.schedule`, every `recovery_probe_interval`
+seconds) asks Grok's rate-limits again, through `pools.quotas.refresh_many`, for
 
 - every mode whose cooldown has passed (`Quota.cooldown_until <= now`): the mode
   comes back with its real counters, or its cooldown moves to the real reset;
@@ -21,14 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from asgiref.sync import sync_to_async
 from django.db.models import Q
-from django.utils import timezone
 
-from pools.jobs import periodic
 from pools.models import Account, Quota, Status
-from pools.quotas import RefreshResult, refresh_many
-from pools.settings import aget_runtime
 
 
 @dataclass
@@ -59,32 +54,3 @@ def plan_probes(now: datetime, *, include_expired: bool) -> ProbePlan:
             plan.modes[account_id] = None
             plan.expired.add(account_id)
     return plan
-
-
-def describe(plan: ProbePlan, results: list[RefreshResult]) -> str:
-    back = sum(1 for r in results if r.ok and r.account_id not in plan.expired and not r.cooled_until)
-    still = sum(1 for r in results if r.cooled_until)
-    failed = sum(1 for r in results if not r.ok and r.account_id not in plan.expired)
-    parts = [
-        f"probed {len(results) - len(plan.expired)} cooled account(s) ({plan.cooled_modes} mode(s) past their window)",
-        f"{back} in service",
-        f"{still} still out of quota",
-    ]
-    if failed:
-        parts.append(f"{failed} probe(s) failed")
-    if plan.expired:
-        revived = sum(1 for r in results if r.revived)
-        parts.append(f"{revived} of {len(plan.expired)} expired account(s) back")
-    return ", ".join(parts)
-
-
-@periodic("recovery_probe", interval=lambda rt: rt.recovery_probe_interval)
-async def recovery_probe_job() -> str:
-    runtime = await aget_runtime()
-    plan = await sync_to_async(plan_probes, thread_sensitive=True)(
-        timezone.now(), include_expired=runtime.probe_expired_accounts
-    )
-    if not plan.modes:
-        return "nothing to probe"
-    results = await refresh_many(list(plan.modes), plan.modes)
-    return describe(plan, results)

@@ -19,7 +19,7 @@ reported against the proxy, not the account. Nothing here raises for an
 upstream error: it lands on the account's `last_error` and in the result.
 
 Local debits between syncs are the leasing code's; this module only syncs.
-The periodic job `quota_refresh` refreshes accounts whose rows are stale.
+The periodic job `quota_refresh` (`pools.schedule`) refreshes accounts whose rows are stale.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from gateway.grok import (
@@ -47,7 +47,6 @@ from gateway.grok import (
     UpstreamProxyFailed,
 )
 from pools import proxies, usage
-from pools.jobs import periodic
 from pools.models import Account, Quota, Status, Tier
 from pools.settings import Runtime, aget_runtime
 
@@ -144,76 +143,40 @@ def _store(
     revived = resumed = False
     cooled_until = None
     with usage.resyncing(DEFAULT_DB_ALIAS, account_id, readings), transaction.atomic():
-        account = Account.objects.filter(pk=account_id).first()
+        account = Account.objects.filter(pk=account_id).only("id", "tier", "status").first()
         if account is None:
             return revived, resumed, cooled_until
+        quotas = Quota.objects.all()
         for mode, reading in readings.items():
-            resets_at = now + timedelta(seconds=reading.window) if reading.window else None
-            cooldown = None
-            if reading.remaining <= 0:
-                cooldown = resets_at or now + timedelta(seconds=runtime.cooldown_seconds)
-            Quota.objects.update_or_create(
-                account_id=account_id,
-                mode=mode,
-                defaults={
-                    "remaining": reading.remaining,
-                    "total": reading.total,
-                    "window_seconds": reading.window,
-                    "resets_at": resets_at,
-                    "cooldown_until": cooldown,
-                    "synced_at": now,
-                },
-            )
+            quotas.record_reading(account_id, mode, reading.remaining, reading.total, reading.window, now,
+                                  runtime.cooldown_seconds)
+        this = Account.objects.filter(pk=account_id)
         if failure is not None:
-            _record_failure(account, failure, error, runtime)
+            _record_failure(this, failure, error, runtime)
             if not readings:
                 return revived, resumed, cooled_until
-        elif account.failure_count or account.last_error:
-            account.mark_success()  # the token answered: failures in a row end here
-        if account.status == Status.EXPIRED:
-            if failure is not None:
-                return revived, resumed, cooled_until
-            account.enable()
-            revived = True
-        if account.status == Status.DISABLED:
+        else:
+            this.succeeded()  # the token answered: failures in a row end here
+            revived = bool(this.revive())
+        if failure is not None and account.status == Status.EXPIRED:
             return revived, resumed, cooled_until
-        cooled_until = _all_modes_cooling_until(account, now)
+        cooled_until = quotas.spent_until(account_id, modes_for(account.tier), now)
         if cooled_until is not None:
-            account.cool_down(cooled_until, "no quota left in any mode until the first window resets")
-        elif account.status == Status.COOLING and any(r.remaining > 0 for r in readings.values()):
-            account.enable()
-            resumed = True
+            this.cool_down(cooled_until, "no quota left in any mode until the first window resets")
+        elif any(r.remaining > 0 for r in readings.values()):
+            resumed = bool(this.resume())
     return revived, resumed, cooled_until
 
 
-def _record_failure(account: Account, failure: Exception, error: str, runtime: Runtime) -> None:
+def _record_failure(account: QuerySet[Account], failure: Exception, error: str, runtime: Runtime) -> None:
     reason = f"{PROBE_ERROR}: {error}"
     if isinstance(failure, UpstreamBanned):
-        if account.status != Status.DISABLED:
-            account.disable(f"banned: {error}")
+        account.exclude(status=Status.DISABLED).banned(error)
     elif isinstance(failure, UpstreamAuthError):
-        if account.status == Status.EXPIRED:
-            return  # still expired: no new information
-        # As leasing counts a 401 (`pools.leasing.outcomes`): expired at the threshold, never a disabled one.
-        at_threshold = account.failure_count + 1 >= max(1, runtime.auth_failure_threshold)
-        if at_threshold and account.status != Status.DISABLED:
-            account.mark_expired(f"expired: {reason}")
-        else:
-            account.record_failure(reason)
+        # As leasing counts a 401 (`AccountQuerySet.rejected`); an expired account teaches nothing new.
+        account.exclude(status=Status.EXPIRED).rejected(f"expired: {reason}", runtime.auth_failure_threshold)
     else:
-        # Not the account's fault (proxy, network, Grok down): shown, not counted.
-        Account.objects.filter(pk=account.pk).update(last_error=reason[:500])
-
-
-def _all_modes_cooling_until(account: Account, now: datetime) -> datetime | None:
-    """When every mode of the account's tier is known to be at zero: the first reset among them."""
-    modes = modes_for(account.tier)
-    rows = list(Quota.objects.filter(account_id=account.pk, mode__in=modes).values_list("remaining", "cooldown_until"))
-    if len(rows) < len(modes):
-        return None
-    if any(remaining is None or remaining > 0 or until is None or until <= now for remaining, until in rows):
-        return None
-    return min(until for _, until in rows)
+        account.noted(reason)  # not the account's fault (proxy, network, Grok down): shown, not counted
 
 
 async def refresh_many(
@@ -254,40 +217,6 @@ def stale_accounts(interval: float, now: datetime) -> list[int]:
     return [row["id"] for row in rows if any(not row[f"fresh_{mode}"] for mode in modes_for(row["tier"]))]
 
 
-def summarize(results: list[RefreshResult]) -> str:
-    """`refreshed 12 accounts, 1 failed (1 expired)`-style counts for job messages and the admin."""
-    failed = [r for r in results if not r.ok]
-    text = f"refreshed {len(results) - len(failed)} account{'s' if len(results) - len(failed) != 1 else ''}"
-    if failed:
-        kinds: dict[str, int] = {}
-        for r in failed:
-            kinds[r.kind] = kinds.get(r.kind, 0) + 1
-        text += f", {len(failed)} failed ({', '.join(f'{n} {KIND_WORDS.get(k, k)}' for k, n in kinds.items())})"
-    cooling = sum(1 for r in results if r.cooled_until)
-    if cooling:
-        text += f"; {cooling} out of quota in every mode"
-    return text
-
-
-KIND_WORDS = {
-    "auth": "rejected (401)",
-    "banned": "banned",
-    "blocked": "refused by Cloudflare or the proxy",
-    "error": "errors",
-    "missing": "no longer exist",
-}
-
-
-@periodic("quota_refresh", interval=lambda rt: rt.quota_refresh_interval)
-async def quota_refresh_job() -> str:
-    """Refresh every account whose quota rows are stale (or missing)."""
-    runtime = await aget_runtime()
-    ids = await sync_to_async(stale_accounts, thread_sensitive=True)(runtime.quota_refresh_interval, timezone.now())
-    if not ids:
-        return "every account is fresh"
-    return summarize(await refresh_many(ids))
-
-
 # --- after a 429 that named no window ---------------------------------------------
 
 _followups: set[asyncio.Task] = set()  # referenced until done, so none is collected mid-flight
@@ -318,16 +247,12 @@ async def _learn_reset(account_id: int, mode: str) -> None:
             return
         runtime = await aget_runtime()
         choice = await proxies.proxy_for(account_id)
-        client = GrokClient(proxies.client_config(runtime, choice))
-        reading = await client.rate_limits(account.token, mode)
+        reading = await GrokClient(proxies.client_config(runtime, choice)).rate_limits(account.token, mode)
     except Exception as exc:  # a follow-up only improves a cooldown that is already in place
         logger.info("could not learn when %s resets after a 429: %s", mode, exc)
         return
     if reading.remaining > 0 or not reading.window:
         return
-    now = timezone.now()
-    resets_at = now + timedelta(seconds=reading.window)
-    await Quota.objects.filter(account_id=account_id, mode=mode).filter(
-        Q(cooldown_until__isnull=True) | Q(cooldown_until__lt=resets_at)
-    ).aupdate(cooldown_until=resets_at, resets_at=resets_at, remaining=0, total=reading.total,
-              window_seconds=reading.window, synced_at=now)
+    await sync_to_async(Quota.objects.stretch_cooldown, thread_sensitive=True)(
+        account_id, mode, reading.total, reading.window, timezone.now()
+    )

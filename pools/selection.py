@@ -35,7 +35,7 @@ import contextlib
 import contextvars
 import logging
 import math
-from collections.abc import Collection, Hashable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -173,10 +173,6 @@ class Lease:
         _settling.add(settling)
         settling.add_done_callback(_settling.discard)
         await asyncio.shield(settling)
-        if outcome is Outcome.RATE_LIMITED and not retry_after:
-            from pools import quotas  # quotas reaches Grok through gateway.upstream: import late
-
-            quotas.learn_reset_soon(self.account_id, self.mode)
 
     async def _settle(self, outcome: Outcome, reason: str, retry_after: float | None) -> None:
         backend = self._backend or leasing.backend()
@@ -236,10 +232,9 @@ def _settle_at_once(using: str, settlement: Settlement) -> None:
         settle(using, settlement)
 
 
-async def lease(model: ModelLike, *, exclude: Collection[int] = (), sticky_key: Hashable | None = None) -> Lease:
+async def lease(model: ModelLike, *, exclude: Collection[int] = ()) -> Lease:
     """Lease an account able to serve `model`, skipping the account ids in `exclude`.
 
-    `sticky_key` (a conversation, say) is accepted for a later affinity rule and unused for now.
     Raises NoEligibleAccount, AllAccountsCooling or PoolBusy.
     """
     if model.tier not in TIER_ORDER:

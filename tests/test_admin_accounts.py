@@ -267,7 +267,7 @@ def test_it_filters_by_quota_cooling_and_proxy(client_alice: Client, accounts) -
     quota(a, "fast", 10, 140, resets_in=600)
     quota(a, "expert", 0, 50, resets_in=600, cooling=True)
     quota(c, "fast", 0, 140, resets_in=-5, cooling=True)  # its window ended: the probe's turn
-    failed = Proxy.objects.create(url="http://user:pw@10.0.0.1:3128", health=ProxyHealth.FAILED)
+    failed = Proxy.objects.create(url="http://user:pw@127.0.0.2:9", health=ProxyHealth.FAILED)
     Account.objects.filter(pk=c.pk).update(proxy=failed)
 
     def shown(query: str) -> set[int]:

@@ -93,7 +93,7 @@ async def test_the_loop_survives_a_failing_job(register) -> None:
 
     every_moment = lambda rt: 0.001  # noqa: E731 - due at every check
     failing, working = register(fails, every_moment), register(works, every_moment)
-    runner = Runner(lock=LocalLock(), only=[failing, working], tick_seconds=0.01, bulk_tasks=False)
+    runner = Runner(lock=LocalLock(), only=[failing, working], tick_seconds=0.01, pollers=False)
     loop_task = asyncio.create_task(runner.run_forever())
     try:
         while True:
@@ -119,7 +119,7 @@ async def test_it_reads_the_interval_from_the_runtime_settings_each_time(registe
 
     name = register(probe, lambda rt: rt.recovery_probe_interval)
     await JobRun.objects.acreate(name=name, last_started_at=timezone.now() - timedelta(seconds=120))
-    runner = Runner(lock=LocalLock(), only=[name], bulk_tasks=False)
+    runner = Runner(lock=LocalLock(), only=[name], pollers=False)
 
     await sync_to_async(update_runtime)(recovery_probe_interval=3600)
     assert (await runner.run_if_due(JOBS[name])).outcome == "not_due"
@@ -167,7 +167,7 @@ def test_two_runners_race_and_the_job_runs_once(register, make_lock) -> None:
 
     async def contend() -> jobs.RunResult:
         lock, close = make_lock()
-        runner = Runner(lock=lock, only=[name], bulk_tasks=False)
+        runner = Runner(lock=lock, only=[name], pollers=False)
         try:
             barrier.wait(10)
             return await runner.run_if_due(JOBS[name])
@@ -208,8 +208,8 @@ def test_a_finished_run_is_not_repeated_within_its_interval(register) -> None:
     name = register(once)
 
     async def two_runners() -> list[str]:
-        first = Runner(lock=LocalLock(), only=[name], bulk_tasks=False)
-        second = Runner(lock=LocalLock(), only=[name], bulk_tasks=False)
+        first = Runner(lock=LocalLock(), only=[name], pollers=False)
+        second = Runner(lock=LocalLock(), only=[name], pollers=False)
         return [(await runner.run_if_due(JOBS[name])).outcome for runner in (first, second)]
 
     assert asyncio.run(two_runners()) == ["ok", "not_due"]

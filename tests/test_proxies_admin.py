@@ -25,8 +25,8 @@ def client_alice(django_user_model) -> Client:
 
 @pytest.fixture
 def listed(db) -> tuple[Proxy, Proxy]:
-    a = Proxy.objects.create(url=f"socks5h://bob:{PASSWORD}@10.0.0.1:1080", cf_clearance=CLEARANCE, health="ok")
-    b = Proxy.objects.create(url="http://10.0.0.2:3128", health="failed", failure_count=4,
+    a = Proxy.objects.create(url=f"socks5h://bob:{PASSWORD}@127.0.0.2:9", cf_clearance=CLEARANCE, health="ok")
+    b = Proxy.objects.create(url="http://127.0.0.3:9", health="failed", failure_count=4,
                              last_error="Cloudflare blocked the request (challenge page)")
     for i in range(3):
         Account.objects.create(token=f"token-{i}", proxy=a)
@@ -45,7 +45,7 @@ def assert_no_secrets(page: str) -> None:
 def test_it_lists_proxies_with_health_bound_accounts_and_secrets_masked(client_alice, listed):
     with CaptureQueriesContext(connection) as queries:
         page = html(client_alice.get(CHANGELIST))
-    assert "socks5h://bob:****@10.0.0.1:1080" in page and "http://10.0.0.2:3128" in page
+    assert "socks5h://bob:****@127.0.0.2:9" in page and "http://127.0.0.3:9" in page
     assert '<td class="field-bound">3</td>' in page and '<td class="field-bound">0</td>' in page
     assert "Healthy" in page and "Failed" in page and "Cloudflare blocked" in page
     assert "cf-cle…" in page  # the clearance, masked
@@ -66,16 +66,16 @@ def test_it_renders_the_filters(client_alice, listed):
     for query in ("health=usable", "health=failed", "health=ok", "bound=yes", "bound=no", "enabled__exact=1"):
         assert_no_secrets(html(client_alice.get(f"{CHANGELIST}?{query}")))
     page = html(client_alice.get(f"{CHANGELIST}?bound=yes"))
-    assert "10.0.0.1" in page and "10.0.0.2" not in page
+    assert "127.0.0.2" in page and "127.0.0.3" not in page
 
 
 def test_it_adds_a_socks5_proxy_as_socks5h_and_refuses_other_schemes(client_alice, db):
-    data = {"url": "socks5://u:p@10.0.0.7:1080", "enabled": "on", "cf_clearance": "", "user_agent": ""}
+    data = {"url": "socks5://u:p@127.0.0.8:9", "enabled": "on", "cf_clearance": "", "user_agent": ""}
     assert "was added successfully" in html(client_alice.post(f"{CHANGELIST}add/", data, follow=True))
-    assert Proxy.objects.get().url == "socks5h://u:p@10.0.0.7:1080"
-    page = html(client_alice.post(f"{CHANGELIST}add/", {**data, "url": "ftp://10.0.0.8:21"}))
+    assert Proxy.objects.get().url == "socks5h://u:p@127.0.0.8:9"
+    page = html(client_alice.post(f"{CHANGELIST}add/", {**data, "url": "ftp://127.0.0.9:9"}))
     assert "unsupported proxy scheme ftp://" in page
-    page = html(client_alice.post(f"{CHANGELIST}add/", {**data, "url": "socks5h://u:p@10.0.0.7:1080"}))
+    page = html(client_alice.post(f"{CHANGELIST}add/", {**data, "url": "socks5h://u:p@127.0.0.8:9"}))
     assert "already in the list" in page
 
 
@@ -84,12 +84,12 @@ def test_it_keeps_the_url_and_clearance_when_replacements_are_left_empty(client_
     data = {"enabled": "on", "user_agent": "Mozilla/5.0 New", "replace_url": "", "replace_cf_clearance": ""}
     assert "was changed successfully" in html(client_alice.post(f"{CHANGELIST}{a.pk}/change/", data, follow=True))
     a.refresh_from_db()
-    assert (a.url, a.cf_clearance, a.user_agent) == (f"socks5h://bob:{PASSWORD}@10.0.0.1:1080", CLEARANCE,
+    assert (a.url, a.cf_clearance, a.user_agent) == (f"socks5h://bob:{PASSWORD}@127.0.0.2:9", CLEARANCE,
                                                      "Mozilla/5.0 New")
-    data.update(replace_url="socks5://10.0.0.9:1080", replace_cf_clearance="new-clearance")
+    data.update(replace_url="socks5://127.0.0.10:9", replace_cf_clearance="new-clearance")
     client_alice.post(f"{CHANGELIST}{a.pk}/change/", data)
     a.refresh_from_db()
-    assert (a.url, a.cf_clearance, a.health) == ("socks5h://10.0.0.9:1080", "new-clearance", "unknown")
+    assert (a.url, a.cf_clearance, a.health) == ("socks5h://127.0.0.10:9", "new-clearance", "unknown")
 
 
 def test_it_tests_the_selected_proxies_now(client_alice, db, settings, fake_grok, farm):

@@ -40,10 +40,10 @@ def test_it_keeps_each_account_on_its_proxy_across_requests(client, pool, fake_g
 
 def test_it_spreads_new_bindings_over_the_least_used_proxies(pool, runtime):
     runtime(proxy_mode="list")
-    busy = Proxy.objects.create(url="http://10.0.0.1:3128")
-    idle = Proxy.objects.create(url="http://10.0.0.2:3128")
-    Proxy.objects.create(url="http://10.0.0.3:3128", enabled=False)
-    Proxy.objects.create(url="http://10.0.0.4:3128", health="failed")
+    busy = Proxy.objects.create(url="http://127.0.0.2:9")
+    idle = Proxy.objects.create(url="http://127.0.0.3:9")
+    Proxy.objects.create(url="http://127.0.0.4:9", enabled=False)
+    Proxy.objects.create(url="http://127.0.0.5:9", health="failed")
     for i in range(2):
         pool.add(f"bound-{i}", proxy=busy)
     fresh = [pool.add(f"fresh-{i}") for i in range(3)]
@@ -56,8 +56,8 @@ def test_it_spreads_new_bindings_over_the_least_used_proxies(pool, runtime):
 
 def test_it_rebinds_an_account_whose_proxy_was_disabled(pool, runtime):
     runtime(proxy_mode="list")
-    old = Proxy.objects.create(url="http://10.0.0.1:3128")
-    new = Proxy.objects.create(url="http://10.0.0.2:3128")
+    old = Proxy.objects.create(url="http://127.0.0.2:9")
+    new = Proxy.objects.create(url="http://127.0.0.3:9")
     account = pool.add("good-1", proxy=old)
     assert async_to_sync(proxies.proxy_for)(account.pk).proxy_id == old.pk
 
@@ -71,7 +71,7 @@ def test_it_rebinds_an_account_whose_proxy_was_disabled(pool, runtime):
 def test_it_persists_the_binding_where_another_worker_process_reads_it(pool, runtime):
     runtime(proxy_mode="list")
     for i in range(3):
-        Proxy.objects.create(url=f"http://10.0.0.{i + 1}:3128")
+        Proxy.objects.create(url=f"http://127.0.0.{i + 2}:9")
     account = pool.add("good-1")
     here = async_to_sync(proxies.proxy_for)(account.pk).proxy_id
 
@@ -104,8 +104,8 @@ def test_it_routes_direct_in_mode_none_and_through_proxy_url_in_static_mode(pool
     account = pool.add("good-1")
     runtime(proxy_mode="none")
     assert async_to_sync(proxies.proxy_for)(account.pk) is None
-    runtime(proxy_mode="static", proxy_url="socks5://user:pw@10.0.0.9:1080")
+    runtime(proxy_mode="static", proxy_url="socks5://user:pw@127.0.0.10:9")
     choice = async_to_sync(proxies.proxy_for)(account.pk)
-    assert choice.url == "socks5h://user:pw@10.0.0.9:1080" and choice.proxy_id is None
+    assert choice.url == "socks5h://user:pw@127.0.0.10:9" and choice.proxy_id is None
     assert "pw" not in repr(choice)
     assert Account.objects.get(pk=account.pk).proxy_id is None  # nothing to bind

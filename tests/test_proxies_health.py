@@ -8,7 +8,7 @@ from asgiref.sync import async_to_sync
 
 from gateway import grok
 from pools import proxies
-from pools.jobs import JOBS
+from pools.jobs import load_jobs
 from pools.models import Account, Proxy
 from pools.settings import aget_runtime
 from tests.proxy_server import via
@@ -74,7 +74,7 @@ def test_it_leaves_healthy_and_disabled_proxies_alone_unless_named(gateway, runt
 
 
 def test_it_writes_nothing_when_a_known_healthy_proxy_works(gateway, runtime):
-    proxy = Proxy.objects.create(url="http://10.0.0.1:3128", health="failed")
+    proxy = Proxy.objects.create(url="http://127.0.0.2:9", health="failed")
     seen_healthy = proxies.ProxyChoice(proxy.url, "", "ua", proxy.pk, healthy=True)
     not_yet = proxies.ProxyChoice(proxy.url, "", "ua", proxy.pk, healthy=False)
 
@@ -86,7 +86,7 @@ def test_it_writes_nothing_when_a_known_healthy_proxy_works(gateway, runtime):
 
 
 def test_it_registers_the_periodic_jobs_by_mode(runtime):
-    health, fetch = JOBS["proxy_health"], JOBS["proxy_pool_fetch"]
+    health, fetch = load_jobs()["proxy_health"], load_jobs()["proxy_pool_fetch"]
     rt = runtime(proxy_mode="list", proxy_health_interval=120, proxy_pool_interval=60)
     assert (health.interval(rt), fetch.interval(rt)) == (120, 0)
     rt = runtime(proxy_mode="pool_url", proxy_pool_url="http://127.0.0.1:9/p")
@@ -101,6 +101,6 @@ def test_the_health_job_reports_what_it_checked(gateway, runtime, farm):
 
     async def run() -> str:
         async with grok.own_session(proxies.client_config(await aget_runtime())):
-            return await JOBS["proxy_health"].func()
+            return await load_jobs()["proxy_health"].func()
 
     assert async_to_sync(run)() == "checked 2: 1 healthy, 1 failed"

@@ -8,7 +8,7 @@ from asgiref.sync import async_to_sync
 
 from gateway import grok
 from pools import proxies
-from pools.jobs import JOBS
+from pools.jobs import load_jobs
 from pools.models import Proxy
 from pools.settings import aget_runtime
 from tests.proxy_server import chat_routes
@@ -82,7 +82,7 @@ def test_the_pool_job_replaces_the_current_proxy_every_interval(gateway, runtime
 
     async def run() -> str:
         async with grok.own_session(proxies.client_config(await aget_runtime())):
-            return await JOBS["proxy_pool_fetch"].func()
+            return await load_jobs()["proxy_pool_fetch"].func()
 
     assert async_to_sync(run)() == f"current proxy {one.url} (not tested)"
     assert async_to_sync(run)() == f"current proxy {two.url} (not tested)"

@@ -140,15 +140,15 @@ def test_it_falls_back_to_the_runtime_clearance_for_a_proxy_without_one(client, 
     ids=lambda e: type(e).__name__ + str(int(e.code)),
 )
 def test_it_blames_the_proxy_for_failures_between_us_and_it(error):
-    with pytest.raises(UpstreamProxyFailed) as info, errors.translate("http://user:pw@10.0.0.1:3128"):
+    with pytest.raises(UpstreamProxyFailed) as info, errors.translate("http://user:pw@127.0.0.2:9"):
         raise error
-    assert "user:****@10.0.0.1" in str(info.value) and ":pw@" not in str(info.value)
+    assert "user:****@127.0.0.2" in str(info.value) and ":pw@" not in str(info.value)
     with pytest.raises(UpstreamUnavailable) as info, errors.translate(""):  # no proxy: Grok's side
         raise error
     assert type(info.value) is UpstreamUnavailable
 
 
 def test_it_does_not_blame_the_proxy_for_a_read_timeout():
-    with pytest.raises(UpstreamUnavailable) as info, errors.translate("http://10.0.0.1:3128"):
+    with pytest.raises(UpstreamUnavailable) as info, errors.translate("http://127.0.0.2:9"):
         raise ReadTimeout("curl: (28) Operation timed out", CurlECode.OPERATION_TIMEDOUT)
     assert type(info.value) is UpstreamUnavailable

@@ -10,7 +10,7 @@ from pools.proxies import normalize_proxy_url, parse_pool_answer
 @pytest.mark.parametrize(
     ("given", "stored"),
     [
-        ("socks5://10.0.0.1:1080", "socks5h://10.0.0.1:1080"),
+        ("socks5://127.0.0.2:9", "socks5h://127.0.0.2:9"),
         ("SOCKS5://user:pa:ss@proxy.example:1080/", "socks5h://user:pa:ss@proxy.example:1080"),
         ("socks5h://proxy.example:1080", "socks5h://proxy.example:1080"),
         ("  http://proxy.example:3128 ", "http://proxy.example:3128"),
@@ -47,17 +47,17 @@ def test_it_never_shows_the_password_in_a_refusal():
 @pytest.mark.parametrize(
     ("answer", "url"),
     [
-        ("socks5://10.0.0.1:1080\n", "socks5h://10.0.0.1:1080"),
-        ("10.0.0.1:3128\n10.0.0.2:3128\n", "http://10.0.0.1:3128"),
-        ('{"proxy": "socks5://u:p@10.0.0.1:1080"}', "socks5h://u:p@10.0.0.1:1080"),
-        ('"http://10.0.0.1:3128"', "http://10.0.0.1:3128"),
+        ("socks5://127.0.0.2:9\n", "socks5h://127.0.0.2:9"),
+        ("127.0.0.2:9\n127.0.0.3:9\n", "http://127.0.0.2:9"),
+        ('{"proxy": "socks5://u:p@127.0.0.2:9"}', "socks5h://u:p@127.0.0.2:9"),
+        ('"http://127.0.0.2:9"', "http://127.0.0.2:9"),
     ],
 )
 def test_it_reads_a_proxy_pool_answer_as_text_or_json(answer, url):
     assert parse_pool_answer(answer) == url
 
 
-@pytest.mark.parametrize("answer", ["", "  \n", '{"ip": "10.0.0.1"}', "{not json", "ftp://10.0.0.1:21"])
+@pytest.mark.parametrize("answer", ["", "  \n", '{"ip": "127.0.0.2"}', "{not json", "ftp://127.0.0.2:9"])
 def test_it_refuses_a_proxy_pool_answer_without_a_usable_proxy(answer):
     with pytest.raises(ValueError):
         parse_pool_answer(answer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import openai
 import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
@@ -15,6 +16,7 @@ from pools.jobs import run_job
 from pools.models import Account, Quota, Status
 from pools.quotas import refresh_account, stale_accounts
 from pools.settings import update_runtime
+from tests.multiworker import eventually
 
 FAST = get_model("grok-chat-fast")
 
@@ -276,40 +278,54 @@ async def test_the_refresh_job_syncs_only_stale_accounts(gateway, fake_grok) -> 
     assert await sync_to_async(stale_accounts)(interval, timezone.now()) == []
 
 
-async def test_a_429_without_retry_after_learns_the_real_reset(gateway, fake_grok) -> None:
-    from pools.quotas import wait_followups
+def _cooldown_left(token: str, mode: str = "fast") -> float | None:
+    quota = Quota.objects.filter(account__token=token, mode=mode).first()
+    if quota is None or quota.cooldown_until is None:
+        return None
+    return (quota.cooldown_until - timezone.now()).total_seconds()
 
-    await Account.objects.acreate(token="limit-1", tier="basic")
+
+def test_a_429_without_retry_after_learns_the_real_reset(client, pool, fake_grok) -> None:
+    # An in-band "rate limit" names no window: the gateway asks Grok's rate-limits when this mode resets.
+    pool.add("limit-1")
     fake_grok.set_quota("limit-1", "fast", 0, 140, 5400)
-    held = await selection.lease(get_model("grok-chat-fast"))
-    await held.release(selection.Outcome.RATE_LIMITED, reason="usage limit")
-    await wait_followups()
-    quota = await Quota.objects.aget(account__token="limit-1", mode="fast")
-    assert 5300 < (quota.cooldown_until - timezone.now()).total_seconds() <= 5400
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(
+            model="grok-chat-fast", messages=[{"role": "user", "content": "[fake:inband-ratelimit]"}]
+        )
+    assert eventually(lambda: (_cooldown_left("limit-1") or 0) > 5300), _cooldown_left("limit-1")
+    assert _cooldown_left("limit-1") <= 5400
+    quota = Quota.objects.get(account__token="limit-1", mode="fast")
     assert quota.remaining == 0 and quota.window_seconds == 5400
 
 
-async def test_a_429_with_retry_after_is_taken_at_its_word(gateway, fake_grok) -> None:
-    from pools.quotas import wait_followups
+def test_a_429_with_retry_after_is_taken_at_its_word(client, pool, fake_grok) -> None:
+    pool.add("ratelimited-2")  # the fake answers 429 with Retry-After: 60
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="grok-chat-fast", messages=[{"role": "user", "content": "hi"}])
+    assert eventually(lambda: _cooldown_left("ratelimited-2") is not None)
+    assert _cooldown_left("ratelimited-2") <= 60
+    assert not [r for r in fake_grok.requests("ratelimited-2") if r.path == "/rest/rate-limits"]
 
-    await Account.objects.acreate(token="limit-2", tier="basic")
+
+async def test_a_release_never_talks_to_grok(gateway, fake_grok) -> None:
+    await Account.objects.acreate(token="limit-4", tier="basic")
     held = await selection.lease(get_model("grok-chat-fast"))
-    await held.release(selection.Outcome.RATE_LIMITED, reason="429", retry_after=30)
-    await wait_followups()
-    quota = await Quota.objects.aget(account__token="limit-2", mode="fast")
-    assert (quota.cooldown_until - timezone.now()).total_seconds() <= 30
-    assert not [r for r in fake_grok.requests("limit-2") if r.path == "/rest/rate-limits"]
+    await held.release(selection.Outcome.RATE_LIMITED, reason="usage limit")
+    assert not [r for r in fake_grok.requests("limit-4") if r.path == "/rest/rate-limits"]
 
 
 async def test_a_429_followup_never_shortens_the_cooldown(gateway, fake_grok) -> None:
-    from pools.quotas import wait_followups
+    from pools.quotas import learn_reset_soon, wait_followups
 
     await Account.objects.acreate(token="limit-3", tier="basic")
     held = await selection.lease(get_model("grok-chat-fast"))
     await held.release(selection.Outcome.RATE_LIMITED, reason="usage limit")  # Grok still reports quota left
+    before = (await Quota.objects.aget(account__token="limit-3", mode="fast")).cooldown_until
+    learn_reset_soon(held.account_id, "fast")
     await wait_followups()
     quota = await Quota.objects.aget(account__token="limit-3", mode="fast")
-    assert quota.cooldown_until > timezone.now()
+    assert quota.cooldown_until == before > timezone.now()
 
 
 async def test_a_reading_from_grok_replaces_the_debits_still_waiting_to_be_written(gateway, fake_grok) -> None:

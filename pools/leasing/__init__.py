@@ -4,6 +4,8 @@
     PostgreSQL, no REDIS_URL -> postgres.PostgresBackend  leases as `pools_leaserecord` rows
     SQLite (the default)     -> local.LocalBackend     leases in this process (one worker by design)
 
+(the choice is `pools.shared.coordination()`, made once for leases, job locks and settings)
+
 `LEASE_TTL` (seconds, default 60) is how long a lease outlives a worker that died
 holding it; held leases are renewed every TTL/3. Tests swap the backend with `use()`.
 """
@@ -11,10 +13,13 @@ holding it; held leases are renewed every TTL/3. Tests swap the backend with `us
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connections
 
 from pools.leasing.base import LeaseBackend
+from pools.leasing.local import LocalBackend
+from pools.leasing.postgres import PostgresBackend
 from pools.leasing.queue import Lines
+from pools.leasing.redis import RedisBackend
+from pools.shared import Coordination, coordination
 
 
 class _State:
@@ -25,18 +30,12 @@ class _State:
 
 
 def configured() -> LeaseBackend:
+    """The backend `pools.shared.coordination()` names for this deployment."""
     ttl = float(getattr(settings, "LEASE_TTL", 60.0))
-    if settings.REDIS_URL:
-        from pools.leasing.redis import RedisBackend
-
-        return RedisBackend(ttl=ttl)
-    if connections["default"].vendor == "postgresql":
-        from pools.leasing.postgres import PostgresBackend
-
-        return PostgresBackend(ttl=ttl)
-    from pools.leasing.local import LocalBackend
-
-    return LocalBackend(ttl=ttl)
+    backends: dict[Coordination, type[LeaseBackend]] = {
+        Coordination.REDIS: RedisBackend, Coordination.POSTGRES: PostgresBackend, Coordination.LOCAL: LocalBackend,
+    }
+    return backends[coordination()](ttl=ttl)
 
 
 def backend() -> LeaseBackend:

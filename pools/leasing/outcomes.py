@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Q, Value, When
-from django.db.models.functions import Greatest
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from pools import usage
 from pools.leasing.base import AllAccountsCooling, LeaseRequest, NoEligibleAccount, Outcome, PoolError
-from pools.leasing.roster import Candidate, QuotaView, unix
-from pools.models import Account, Quota, Status
+from pools.leasing.rule import Candidate, QuotaView, unix
+from pools.models import Account, Quota
 
 
 @dataclass(frozen=True)
@@ -44,51 +43,27 @@ CHANGES_ELIGIBILITY = {Outcome.RATE_LIMITED, Outcome.EXPIRED, Outcome.BANNED}
 
 
 def settle(using: str, s: Settlement) -> None:
+    """Write what the outcome means for the account (`AccountQuerySet` / `QuotaQuerySet` state changes)."""
     now = timezone.now()
     accounts = Account.objects.using(using).filter(pk=s.account_id)
+    quotas = Quota.objects.using(using)
     use = {"last_used_at": now, "use_count": F("use_count") + 1} if s.record_use else {}
-    reason = s.reason[:500]
     with transaction.atomic(using=using):
         if s.outcome is Outcome.SUCCESS:
-            if use:
-                accounts.update(failure_count=0, last_error="", **use)
-            else:
-                accounts.exclude(failure_count=0, last_error="").update(failure_count=0, last_error="")
-            # Local estimate until the next sync; `remaining` unknown stays unknown.
-            Quota.objects.using(using).filter(account_id=s.account_id, mode=s.mode, remaining__isnull=False).update(
-                remaining=Greatest(F("remaining") - s.cost, Value(0))
-            )
+            accounts.succeeded(**use)
+            quotas.filter(account_id=s.account_id, mode=s.mode).debit(s.cost)
         elif s.outcome is Outcome.FAILURE:
-            accounts.update(failure_count=F("failure_count") + 1, last_error=reason or "request failed", **use)
+            accounts.failed(s.reason or "request failed", **use)
         elif s.outcome is Outcome.RATE_LIMITED:
             seconds = s.retry_after if s.retry_after and s.retry_after > 0 else s.cooldown_seconds
-            until = now + timedelta(seconds=seconds)
-            if accounts.update(last_error=reason or f"rate limited by Grok (429) for {s.mode}", **use):
-                _cool_mode(using, s.account_id, s.mode, until)
+            if accounts.noted(s.reason or f"rate limited by Grok (429) for {s.mode}", **use):
+                quotas.cool(s.account_id, s.mode, now + timedelta(seconds=seconds))
         elif s.outcome is Outcome.EXPIRED:
-            at_threshold = Q(failure_count__gte=max(s.failure_threshold, 1) - 1) & ~Q(status=Status.DISABLED)
-            accounts.update(
-                failure_count=F("failure_count") + 1,
-                last_error=reason or "expired: Grok rejected the token (401)",
-                status=Case(When(at_threshold, then=Value(Status.EXPIRED)), default=F("status")),
-                **use,
-            )
+            accounts.rejected(s.reason or "expired: Grok rejected the token (401)", s.failure_threshold, **use)
         elif s.outcome is Outcome.BANNED:
-            accounts.update(status=Status.DISABLED, last_error=f"banned: {reason or 'refused by Grok'}", **use)
+            accounts.banned(s.reason or "refused by Grok", **use)
         elif use:
             accounts.update(**use)
-
-
-def _cool_mode(using: str, account_id: int, mode: str, until: datetime) -> None:
-    """This mode, and only this mode, is out until `until`; its count is spent."""
-    quotas = Quota.objects.using(using)
-    if quotas.filter(account_id=account_id, mode=mode).update(cooldown_until=until, remaining=0):
-        return
-    try:
-        with transaction.atomic(using=using):
-            quotas.create(account_id=account_id, mode=mode, cooldown_until=until, remaining=0)
-    except IntegrityError:  # another worker created the row first
-        quotas.filter(account_id=account_id, mode=mode).update(cooldown_until=until, remaining=0)
 
 
 def explain(using: str, request: LeaseRequest, cooldown_seconds: float) -> PoolError | None:
@@ -96,7 +71,7 @@ def explain(using: str, request: LeaseRequest, cooldown_seconds: float) -> PoolE
     now = timezone.now()
     model, tier = request.model_id, request.tier
     serving = Account.objects.using(using).filter(tier__in=request.tiers)
-    in_rotation = serving.exclude(status__in=[Status.EXPIRED, Status.DISABLED])
+    in_rotation = serving.in_rotation()
     if not in_rotation.exists():
         out = serving.count()
         aside = f" ({out} more expired or disabled: see the admin)" if out else ""
@@ -107,13 +82,11 @@ def explain(using: str, request: LeaseRequest, cooldown_seconds: float) -> PoolE
     if not others:
         n = in_rotation.count()
         return NoEligibleAccount(f"all {n} account{'s' if n != 1 else ''} able to serve {model} failed on this request")
-    # Debits of successes the usage ledger has not written yet count, as they do in the roster.
+    # Debits of successes the usage ledger has not written yet count, as they do in every backend.
     unwritten = usage.pending_debits(using)
     quotas = {
-        account_id: QuotaView(
-            remaining if remaining is None else max(remaining - unwritten.get(account_id, {}).get(request.mode, 0), 0),
-            unix(cooldown),
-            unix(resets),
+        account_id: QuotaView(remaining, unix(cooldown), unix(resets)).debited(
+            unwritten.get(account_id, {}).get(request.mode, 0)
         )
         for account_id, remaining, cooldown, resets in Quota.objects.using(using)
         .filter(account_id__in=[row[0] for row in others], mode=request.mode)
@@ -122,6 +95,7 @@ def explain(using: str, request: LeaseRequest, cooldown_seconds: float) -> PoolE
     moment = now.timestamp()
     backs = []
     for account_id, status, cooldown in others:
+        # The rule's own answer (`pools.leasing.rule`): when this account is back, 0 if it is now.
         candidate = Candidate(account_id, "", tier, 0, None, status, unix(cooldown), 0.0)
         if account_id in quotas:
             candidate.quotas[request.mode] = quotas[account_id]
