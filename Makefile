@@ -39,13 +39,16 @@ demo: setup
 fakegrok: setup
 	$(PY) -m gateway.fakegrok --port $(FAKE_PORT)
 
+# ruff, the type checker (mypy with the Django plugin; config in pyproject.toml), then the suite.
 test: setup-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/mypy
 
 $(VENV)/.bench-installed: $(VENV)/.base-installed requirements/bench.txt
 	$(PIP) install -q --disable-pip-version-check -r requirements/bench.txt

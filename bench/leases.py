@@ -37,6 +37,8 @@ async def measure(seconds: float, concurrency: int) -> dict[str, Any]:
     from pools import selection
 
     model = get_model(MODEL)
+    if model is None:
+        raise RuntimeError(f"{MODEL} is not in the model catalogue")
     if hasattr(selection, "Outcome"):
         success = selection.Outcome.SUCCESS
     else:  # where the leasing rework keeps it

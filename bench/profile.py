@@ -55,7 +55,7 @@ def with_py_spy(args: argparse.Namespace, fake: Fake, backend: Backend, stem: Pa
     folded = stem.with_suffix(".folded")
     with Gateway(args.server, backend, fake.url) as gw:
         _warm(gw)
-        command = [py_spy, "record", "--pid", str(gw.proc.pid), "--subprocesses", "--nonblocking", "--nolineno",
+        command = [py_spy, "record", "--pid", str(gw.pid), "--subprocesses", "--nonblocking", "--nolineno",
                    "--rate", str(args.rate), "--duration", str(int(args.seconds) + 1), "--format", "raw",
                    "--output", str(folded)]
         if args.native:

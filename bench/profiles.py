@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ PROFILES = {
 }
 
 
-def get(name: str, **overrides: object) -> Profile:
+def get(name: str, **overrides: Any) -> Profile:
     profile = PROFILES[name]
     changes = {k: v for k, v in overrides.items() if v is not None}
     return replace(profile, **changes) if changes else profile

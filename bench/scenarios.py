@@ -172,11 +172,12 @@ def load(target: Target, concurrency: int, *, duration: float, max_requests: int
             summary[f"{name}_cpu_s"] = round(cpu, 3)
             summary[f"{name}_cpu_s_per_1000"] = stats.server_cost(cpu, summary["requests"])
             summary[f"{name}_rss_mb"] = round(after[name].rss / 2**20, 1)
-    if db_before is not None and summary["requests"]:
+    if db is not None and db_before is not None and summary["requests"]:
         time.sleep(DB_FLUSH)
         db_after = db()
-        for key in ("commits", "rows_written"):
-            summary[f"db_{key}_per_request"] = round((db_after[key] - db_before[key]) / summary["requests"], 2)
+        if db_after is not None:
+            for key in ("commits", "rows_written"):
+                summary[f"db_{key}_per_request"] = round((db_after[key] - db_before[key]) / summary["requests"], 2)
     return summary
 
 
@@ -190,6 +191,7 @@ def hold(target: Target, streams: int, *, deadline: float, server: list[int], se
         opened = 0
         try:
             for proc in procs:
+                assert proc.stdout is not None  # _launch pipes it
                 line = proc.stdout.readline()
                 if line.startswith("ready "):
                     opened += int(line.split()[1])
@@ -197,7 +199,7 @@ def hold(target: Target, streams: int, *, deadline: float, server: list[int], se
             held = procstat.sample(server)
         finally:
             for proc in procs:
-                if proc.poll() is None:
+                if proc.poll() is None and proc.stdin is not None:
                     proc.stdin.write("\n")
                     proc.stdin.flush()
         parts = _collect(procs, timeout=60)

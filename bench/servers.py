@@ -295,6 +295,12 @@ class Gateway:
             _stop(self.proc, self._known)
             self.proc = None
 
+    @property
+    def pid(self) -> int:
+        """The process started by `__enter__` (the supervisor when there are several workers)."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def pids(self) -> list[int]:
         if self.proc is None:
             return []
@@ -306,6 +312,6 @@ class Gateway:
     def worker_pids(self) -> list[int]:
         """The processes that serve requests (the leaves of the tree: a supervisor only waits)."""
         pids = self.pids()
-        if len(pids) <= 1:
+        if self.proc is None or len(pids) <= 1:
             return pids
         return [p for p in pids if p != self.proc.pid] or pids

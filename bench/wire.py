@@ -21,6 +21,16 @@ class Sink(Protocol):
     def body(self, data: bytes, now: float) -> None: ...
 
 
+class _NoSink:
+    """The sink between requests: the parser only runs while a request is open, so it receives nothing."""
+
+    def status(self, code: int) -> None:
+        pass
+
+    def body(self, data: bytes, now: float) -> None:
+        pass
+
+
 class ConnectionClosed(Exception):
     """The server closed or reset the connection before the response ended."""
 
@@ -40,7 +50,7 @@ class HttpConnection(asyncio.Protocol):
         self._state = _IDLE
         self._left = 0  # bytes left in the body (Content-Length) or in the current chunk
         self._keep_alive = True
-        self._sink: Sink | None = None
+        self._sink: Sink = _NoSink()
         self._done: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------

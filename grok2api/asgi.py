@@ -8,7 +8,9 @@ jobs also start on a worker's first request and the counts are written at exit.
 import gc
 import logging
 import os
+from typing import Any, cast
 
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "grok2api.settings")
@@ -41,7 +43,7 @@ gc.freeze()
 gc.set_threshold(10_000, 50, 50)
 
 
-async def application(scope: dict, receive, send) -> None:
+async def application(scope: dict[str, Any], receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
@@ -51,10 +53,11 @@ async def application(scope: dict, receive, send) -> None:
         if is_api(scope["path"]):
             await _api(scope, receive, send)
             return
-    await _router(scope, receive, send)
+    # Channels' stubs type a scope as asgiref's TypedDicts; servers and Django's handlers pass a plain dict.
+    await _router(cast(Scope, scope), receive, send)
 
 
-async def _lifespan(receive, send) -> None:
+async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

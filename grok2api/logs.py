@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from logging.handlers import QueueHandler
+from typing import Any
 
 BATCH_SECONDS = 0.05  # how long a line may wait for others to share its write
 _STOP = object()
@@ -25,23 +26,24 @@ _STOP = object()
 
 class QueuedStderrHandler(QueueHandler):
     def __init__(self) -> None:
-        super().__init__(queue.SimpleQueue())
+        self._records: queue.SimpleQueue[Any] = queue.SimpleQueue()  # `self.queue`: log records, then _STOP
+        super().__init__(self._records)
         self.writer = threading.Thread(target=self._write_forever, name="log-writer", daemon=True)
         self.writer.start()
         atexit.register(self.stop)  # drain what is queued before the process exits
 
     def stop(self) -> None:
         if self.writer.is_alive():
-            self.queue.put_nowait(_STOP)
+            self._records.put_nowait(_STOP)
             self.writer.join(5)
 
     def _write_forever(self) -> None:
         while True:
-            batch = [self.queue.get()]
+            batch = [self._records.get()]
             time.sleep(BATCH_SECONDS)
             while True:
                 try:
-                    batch.append(self.queue.get_nowait())
+                    batch.append(self._records.get_nowait())
                 except queue.Empty:
                     break
             text = "".join(f"{record.msg}\n" for record in batch if record is not _STOP)

@@ -29,7 +29,7 @@ def RequestIdMiddleware(get_response: Callable) -> Callable:  # noqa: N802 - Dja
 
     def _start(request: HttpRequest) -> str:
         rid = request.META.get("HTTP_X_REQUEST_ID", "")[:64] or new_request_id()  # META: `headers` builds a dict of all
-        request.request_id = rid
+        request.request_id = rid  # type: ignore[attr-defined]  # our own attribute, for views that want the id
         request_id.set(rid)
         return rid
 

@@ -90,7 +90,7 @@ class ImportResult:
 def normalize_token(raw: str) -> str:
     """The bare `sso` value from a token, `sso=…` or a cookie header; raises InvalidToken."""
     parts = [part.strip() for part in raw.strip().split(";")]
-    cookies = {}
+    cookies: dict[str, str] = {}
     for part in parts:
         name, sep, value = part.partition("=")
         if sep:

@@ -4,6 +4,7 @@ Cloudflare challenge page, plus the per-token failure scenarios."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .http import Response
@@ -68,7 +69,7 @@ def for_token(token: str) -> Response | None:
     return None
 
 
-_STATUS_MARKERS = {
+_STATUS_MARKERS: dict[str, Callable[[], Response]] = {
     "401": unauthenticated,
     "403": cloudflare,
     "403-antibot": antibot,

@@ -46,7 +46,7 @@ JSON = ("application/json",)
 
 
 def cookies(headers: dict[str, str]) -> dict[str, str]:
-    jar = {}
+    jar: dict[str, str] = {}
     for pair in headers.get("cookie", "").split(";"):
         name, _, value = pair.strip().partition("=")
         jar.setdefault(name, value)

@@ -60,7 +60,8 @@ class ImportForm(forms.Form):
     dry_run = forms.BooleanField(required=False, label="Dry run (parse and count, write nothing)", label_suffix="")
 
     def clean(self) -> dict:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         upload, text = data.get("file"), data.get("text") or ""
         if upload and text.strip():
             raise forms.ValidationError("Upload a file or paste tokens, not both.")

@@ -13,6 +13,7 @@ Bulk actions on more than `pools.bulk.SYNC_LIMIT` accounts run as a background
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -146,10 +147,11 @@ class AccountAdmin(admin.ModelAdmin):
         view = self.admin_site.admin_view(lambda request: import_view(self, request))
         return [path("import/", view, name="pools_account_import"), *super().get_urls()]
 
-    def get_form(self, request: HttpRequest, obj: Account | None = None, **kwargs: object) -> type:
+    def get_form(self, request: HttpRequest, obj: Account | None = None, change: bool = False,
+                 **kwargs: Any) -> type[forms.ModelForm]:
         if obj is None:
             kwargs["form"] = self.add_form
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change, **kwargs)
 
     def get_fieldsets(self, request: HttpRequest, obj: Account | None = None) -> list:
         if obj is None:

@@ -8,6 +8,7 @@ now" starts selected jobs in the background, under the same cluster-wide lock.
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -44,7 +45,7 @@ class JobRunAdmin(ReadOnly):
         "name", "state", "every", "last_started_at", "last_finished_at", "duration", "runs", "message_short",
     ]
     readonly_fields = ["name", "state", "every", "last_started_at", "last_finished_at", "duration", "runs", "message"]
-    fields = readonly_fields
+    fields = list(readonly_fields)
     actions = ["run_now"]
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
@@ -85,7 +86,7 @@ class JobRunAdmin(ReadOnly):
         known = load_jobs()
         names = [name for name in queryset.values_list("name", flat=True) if name in known]
         for name in names:
-            background.spawn(lambda name=name: run_job(name), name=f"job-{name}")
+            background.spawn(partial(run_job, name), name=f"job-{name}")
         self.message_user(
             request,
             f"Started {', '.join(names) or 'nothing'}; reload this page to see the outcome"
@@ -100,7 +101,7 @@ class BulkTaskAdmin(ReadOnly):
     list_filter = ["status", "kind"]
     readonly_fields = ["task", "kind_shown", "progress", "status", "message", "created_by", "created_at",
                        "finished_at", "elapsed"]
-    fields = readonly_fields
+    fields = list(readonly_fields)
     list_per_page = 50
     show_full_result_count = False
 

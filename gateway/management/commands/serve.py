@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -120,7 +120,12 @@ class Command(BaseCommand):
         listener.close()
 
 
-def uvicorn_server(**where: object) -> uvicorn.Server:
+class Where(TypedDict, total=False):
+    host: str
+    port: int
+
+
+def uvicorn_server(**where: Unpack[Where]) -> uvicorn.Server:
     """The uvicorn server every worker runs (and the test suite's gateway); `where`: host and port."""
     import uvicorn  # only when it serves: `serve --server daphne` must not need it
 
