@@ -32,7 +32,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -68,7 +68,7 @@ class Job:
 class Poller:
     name: str
     every: float  # seconds between two runs in one worker
-    func: Callable[[], Awaitable[object]]
+    func: Callable[[], Coroutine[object, None, object]]
 
 
 JOBS: dict[str, Job] = {}
@@ -83,8 +83,11 @@ def periodic(name: str, interval: Callable[[Runtime], float]) -> Callable[[JobFu
     return register
 
 
-def poller(name: str, every: float) -> Callable[[Callable[[], Awaitable[object]]], Callable[[], Awaitable[object]]]:
-    def register(func: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
+PollFunc = Callable[[], Coroutine[object, None, object]]
+
+
+def poller(name: str, every: float) -> Callable[[PollFunc], PollFunc]:
+    def register(func: PollFunc) -> PollFunc:
         POLLERS[name] = Poller(name, every, func)
         return func
 
@@ -174,7 +177,7 @@ class Runner:
             due, started = await sync_to_async(_claim_run, thread_sensitive=True)(
                 job.name, interval, timezone.now(), force
             )
-            if not due:
+            if not due or started is None:
                 return RunResult(job.name, "not_due", started_at=started)
             return await self._execute(job, started)
         finally:

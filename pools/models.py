@@ -9,9 +9,10 @@ counters.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connections, models, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Greatest
 
@@ -138,7 +139,9 @@ class AccountQuerySet(models.QuerySet):
         connection = connections[self.db]
         quote = connection.ops.quote_name
         table = quote(Account._meta.db_table)
-        count, last, pk = (quote(Account._meta.get_field(name).column) for name in ("use_count", "last_used_at", "id"))
+        count, last, pk = (quote(field.column) for field in (
+            Account._meta.get_field("use_count"), Account._meta.get_field("last_used_at"), Account._meta.pk,
+        ) if isinstance(field, models.Field))
         adapt = connection.ops.adapt_datetimefield_value
         dated = [(n, adapt(at), adapt(at), pk_) for pk_, n, at in uses if at is not None]
         undated = [(n, pk_) for pk_, n, at in uses if at is None]
@@ -385,10 +388,15 @@ class RuntimeSettings(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def save(self, *args: object, **kwargs: object) -> None:
-        if not self._state.adding:
-            self.version = (self.version or 0) + 1
-        super().save(*args, **kwargs)
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The next version is read under a row lock (SQLite: the IMMEDIATE write transaction), so
+        # two saves at once (the admin and `runtime set`) never publish the same number.
+        using = kwargs.get("using") or router.db_for_write(RuntimeSettings, instance=self)
+        with transaction.atomic(using=using):
+            if not self._state.adding:
+                current = RuntimeSettings.objects.using(using).select_for_update().filter(pk=self.pk)
+                self.version = (current.values_list("version", flat=True).first() or self.version or 0) + 1
+            super().save(*args, **kwargs)
 
 
 class JobRun(models.Model):

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from gateway.grok import (
@@ -47,7 +47,7 @@ from gateway.grok import (
     UpstreamProxyFailed,
 )
 from pools import proxies, usage
-from pools.models import Account, Quota, Status, Tier
+from pools.models import Account, AccountQuerySet, Quota, Status, Tier
 from pools.settings import Runtime, aget_runtime
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _store(
         for mode, reading in readings.items():
             quotas.record_reading(account_id, mode, reading.remaining, reading.total, reading.window, now,
                                   runtime.cooldown_seconds)
-        this = Account.objects.filter(pk=account_id)
+        this: AccountQuerySet = Account.objects.filter(pk=account_id)
         if failure is not None:
             _record_failure(this, failure, error, runtime)
             if not readings:
@@ -168,7 +168,7 @@ def _store(
     return revived, resumed, cooled_until
 
 
-def _record_failure(account: QuerySet[Account], failure: Exception, error: str, runtime: Runtime) -> None:
+def _record_failure(account: AccountQuerySet, failure: Exception, error: str, runtime: Runtime) -> None:
     reason = f"{PROBE_ERROR}: {error}"
     if isinstance(failure, UpstreamBanned):
         account.exclude(status=Status.DISABLED).banned(error)

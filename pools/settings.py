@@ -121,9 +121,10 @@ def _check(published: int | None) -> Runtime:
     Without a Redis version, the row's own version decides: this is what makes a save in
     another process (`manage.py runtime set` on SQLite) visible, and what survives a Redis flush.
     """
-    if not _fresh(published) and not _fresh(_row_version()):
-        _cache.runtime = from_row(load_row())
-    return _cache.runtime
+    runtime = _cache.runtime
+    if runtime is None or (not _fresh(published) and not _fresh(_row_version())):
+        runtime = _cache.runtime = from_row(load_row())
+    return runtime
 
 
 def _redis_version(raw: str | bytes | None) -> int | None:
@@ -163,9 +164,8 @@ async def _acheck() -> Runtime:
     now = time.monotonic()
     client = shared.async_redis()
     published = _redis_version(await client.get(VERSION_KEY)) if client is not None else None
-    if _fresh(published):
-        runtime = _cache.runtime
-    else:
+    runtime = _cache.runtime
+    if runtime is None or not _fresh(published):
         # The database read (version, then the row if it changed) stays off the event loop.
         runtime = await sync_to_async(_check, thread_sensitive=True)(published)
     _cache.checked_at = now

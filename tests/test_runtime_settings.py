@@ -107,6 +107,18 @@ def test_it_keeps_a_change_history(admin_client):
     assert "Max attempts" in history
 
 
+def test_two_saves_from_stale_copies_publish_different_versions(transactional_db):
+    # The admin and `runtime set` can each hold the row read before the other saved it.
+    get_runtime()
+    first, second = RuntimeSettings.objects.get(pk=1), RuntimeSettings.objects.get(pk=1)
+    first.show_thinking = False
+    first.save()
+    second.idle_timeout = 61
+    second.save()
+    assert second.version == first.version + 1
+    assert RuntimeSettings.objects.get(pk=1).version == second.version
+
+
 def test_the_command_lists_gets_and_sets(transactional_db):
     out = StringIO()
     call_command("runtime", "set", "thinking_format", "think", stdout=out)
