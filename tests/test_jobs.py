@@ -84,6 +84,18 @@ async def test_it_refuses_an_unknown_job() -> None:
         await run_job("no-such-job")
 
 
+def test_a_job_module_that_is_missing_fails_loudly(monkeypatch) -> None:
+    # A typo in JOB_MODULES must stop the worker, not silently switch the jobs off.
+    monkeypatch.setattr(jobs, "JOB_MODULES", (*jobs.JOB_MODULES, "pools.no_such_jobs"))
+    with pytest.raises(ModuleNotFoundError, match=r"pools\.no_such_jobs"):
+        jobs.load_jobs()
+
+
+def test_every_periodic_job_and_the_bulk_poller_are_registered() -> None:
+    assert set(jobs.load_jobs()) == {"quota_refresh", "recovery_probe", "proxy_health", "proxy_pool_fetch"}
+    assert set(jobs.POLLERS) == {"bulk_tasks"}
+
+
 async def test_the_loop_survives_a_failing_job(register) -> None:
     async def fails() -> str:
         raise ValueError("boom")
