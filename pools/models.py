@@ -56,7 +56,7 @@ class AccountQuerySet(models.QuerySet):
         already ended (a null window counts as ended). The one definition: leasing's rule states it
         in Python and SQL too (`pools.leasing.rule`, step 1), and its behaviour suite holds them to it."""
         ended = Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now)
-        return self.in_rotation().filter(Q(status=Status.ACTIVE) | (Q(status=Status.COOLING) & ended))
+        return self.filter(Q(status=Status.ACTIVE) | (Q(status=Status.COOLING) & ended))
 
     def end_cooldowns(self, now: datetime) -> int:
         """Put accounts whose cooldown window has passed back in rotation; returns how many."""
@@ -113,7 +113,7 @@ class AccountQuerySet(models.QuerySet):
 
     def cool_down(self, until: datetime, reason: str) -> int:
         """Out of rotation until `until` (every mode of an account in rotation is spent)."""
-        return self.filter(status__in=[Status.ACTIVE, Status.COOLING]).update(
+        return self.in_rotation().update(
             status=Status.COOLING, cooldown_until=until, last_error=reason[:500]
         )
 

@@ -37,9 +37,8 @@ class ProbePlan:
 
 def plan_probes(now: datetime, *, include_expired: bool) -> ProbePlan:
     plan = ProbePlan()
-    in_rotation = [Status.ACTIVE, Status.COOLING]
     rows = (
-        Quota.objects.filter(cooldown_until__lte=now, account__status__in=in_rotation)
+        Quota.objects.filter(cooldown_until__lte=now, account__in=Account.objects.in_rotation())
         .order_by("account_id", "mode")
         .values_list("account_id", "mode")
     )

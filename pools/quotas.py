@@ -209,7 +209,7 @@ def stale_accounts(interval: float, now: datetime) -> list[int]:
         mode: Count("quotas", filter=Q(quotas__mode=mode, quotas__synced_at__gte=cutoff)) for mode in MODE_ORDER
     }
     rows = (
-        Account.objects.filter(status__in=[Status.ACTIVE, Status.COOLING])
+        Account.objects.in_rotation()
         .annotate(**{f"fresh_{mode}": count for mode, count in fresh.items()})
         .order_by("id")
         .values("id", "tier", *(f"fresh_{mode}" for mode in MODE_ORDER))

@@ -1,151 +1,34 @@
-"""Leasing through each backend (in-process, PostgreSQL rows, Redis), one worker: the same rules everywhere.
-
-Accounts live in SQLite for the local backend and in the `pg` database for the
-other two (Redis holds only the leases), as in the deployments they stand for.
+"""Leasing through each backend (in-process, PostgreSQL rows, Redis), one worker: queueing, TTLs, renewal,
+outcomes and races, the same everywhere. Which account may serve and in which order is
+`tests/test_leasing_rule.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections import Counter, defaultdict
-from datetime import timedelta
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.db import connections
 from django.utils import timezone
 
 from gateway.models import get_model
 from pools import leasing
 from pools.leasing.base import LeaseRequest
-from pools.leasing.local import LocalBackend
-from pools.leasing.postgres import PostgresBackend
 from pools.leasing.queue import Lines, wait_for_slot
-from pools.leasing.redis import RedisBackend
-from pools.models import Account, Quota, Status
-from pools.selection import AllAccountsCooling, NoEligibleAccount, Outcome, PoolBusy, PoolError, lease
-from pools.settings import update_runtime
+from pools.models import Account, Status
+from pools.selection import AllAccountsCooling, NoEligibleAccount, Outcome, PoolBusy, lease
 from tests.conftest import asettle_usage
 
+pytest_plugins = ["tests.leasing_backends"]  # the `build`, `backend`, `cast` and `settings_` fixtures
 pytestmark = [
     # Only the pools tables are flushed between tests: truncating every table of two databases is slow.
     pytest.mark.django_db(transaction=True, databases=["default", "pg"], available_apps=["pools"]),
     pytest.mark.timeout(60),
 ]
-REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 
 FAST = get_model("grok-chat-fast")  # basic, mode fast, cost 1
 EXPERT = get_model("grok-chat-expert")  # super, mode expert, cost 4
-
-
-@pytest.fixture(params=["local", "postgres", "redis"])
-async def build(request):
-    """`build(ttl=…)`: a fresh backend of the parametrised kind, installed as the one `lease()` uses."""
-    made: list = []
-
-    def build(ttl: float = 60.0):
-        if request.param == "local":
-            backend = LocalBackend(using="default", ttl=ttl)
-        elif request.param == "postgres":
-            backend = PostgresBackend(using="pg", ttl=ttl)
-        else:
-            # Keys of our own: other runs (cluster tests) share this Redis db.
-            backend = RedisBackend(using="pg", ttl=ttl, url=REDIS_TEST_URL, prefix=f"test:{uuid.uuid4().hex}:")
-        made.append(backend)
-        leasing.use(backend)
-        return backend
-
-    yield build
-    await asettle_usage()  # before the connections close: a later flush would open one again
-    for backend in made:
-        if isinstance(backend, RedisBackend):
-            client = backend.client()
-            keys = [key async for key in client.scan_iter(match=f"{backend.prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
-    # The ORM ran in asgiref's worker thread: close its connections, or the test database cannot be dropped.
-    await sync_to_async(connections.close_all, thread_sensitive=True)()
-
-
-@pytest.fixture
-def backend(build):
-    return build()
-
-
-@pytest.fixture
-def settings_(transactional_db):
-    async def change(**values: object) -> None:
-        await sync_to_async(update_runtime)(**values)
-
-    return change
-
-
-class Cast:
-    """Accounts in the backend's database: `await cast.add(tier="super", priority=2)`."""
-
-    def __init__(self, using: str) -> None:
-        self.using = using
-        self.n = 0
-
-    async def add(self, **fields: object) -> Account:
-        fields.setdefault("tier", "basic")
-        self.n += 1
-        return await Account.objects.using(self.using).acreate(token=f"eyJtoken{self.n:04d}secretpart", **fields)
-
-    async def get(self, account: Account) -> Account:
-        return await Account.objects.using(self.using).aget(pk=account.pk)
-
-    async def quota(self, account: Account, mode: str, **fields: object) -> Quota:
-        return await Quota.objects.using(self.using).acreate(account=account, mode=mode, **fields)
-
-    async def get_quota(self, account: Account, mode: str) -> Quota:
-        return await Quota.objects.using(self.using).aget(account=account, mode=mode)
-
-
-@pytest.fixture
-def cast(backend) -> Cast:
-    return Cast(backend.using)
-
-
-async def test_it_orders_by_priority_then_the_lowest_sufficient_tier(backend, cast) -> None:
-    sup = await cast.add(tier="super")
-    basic = await cast.add(tier="basic", max_concurrent=1)
-    first = await cast.add(tier="heavy", priority=5, max_concurrent=2)
-    held = [await lease(FAST) for _ in range(4)]
-    # Priority wins until that account is full; then basic before super (super quota is scarcer).
-    assert [h.account_id for h in held] == [first.pk, first.pk, basic.pk, sup.pk]
-
-
-async def test_it_prefers_fewer_in_flight_then_more_quota_then_least_recently_used(backend, cast) -> None:
-    now = timezone.now()
-    old = await cast.add(last_used_at=now - timedelta(seconds=100))
-    recent = await cast.add(last_used_at=now - timedelta(seconds=10))
-    never = await cast.add()
-    assert [(await lease(FAST)).account_id for _ in range(3)] == [never.pk, old.pk, recent.pk]
-
-    rich, poor, unknown = await cast.add(), await cast.add(), await cast.add()
-    await cast.quota(rich, "fast", remaining=50)
-    await cast.quota(poor, "fast", remaining=10)
-    # The three above each hold one lease now: the fresh accounts go first, unknown quota counting as plenty.
-    assert [(await lease(FAST)).account_id for _ in range(3)] == [unknown.pk, rich.pk, poor.pk]
-
-
-async def test_it_keeps_each_account_under_its_in_flight_limit(backend, cast, settings_) -> None:
-    await settings_(queue_timeout=0.2, account_max_concurrent=2)
-    a = await cast.add()
-    b = await cast.add(max_concurrent=1)
-    held = [await lease(FAST) for _ in range(3)]
-    assert Counter(h.account_id for h in held) == {a.pk: 2, b.pk: 1}
-    assert await backend.in_flight() == {a.pk: 2, b.pk: 1}
-    with pytest.raises(PoolBusy) as info:
-        await lease(FAST)
-    assert info.value.retry_after >= 1 and isinstance(info.value, PoolError)
-    assert "grok-chat-fast" in str(info.value)
-    await next(h for h in held if h.account_id == b.pk).release(Outcome.SUCCESS)
-    assert (await lease(FAST)).account_id == b.pk
 
 
 async def test_a_waiting_request_gets_the_next_free_slot_first_come_first_served(backend, cast, settings_) -> None:
@@ -205,13 +88,6 @@ async def test_a_429_cools_only_that_mode_and_for_the_window_given(backend, cast
         await lease(EXPERT)
     assert 55 <= info.value.retry_after <= 60
     assert (await lease(FAST)).account_id == a.pk  # the fast mode is still in service
-
-
-async def test_a_cooldown_whose_window_passed_never_blocks(backend, cast) -> None:
-    past = timezone.now() - timedelta(seconds=1)
-    a = await cast.add(status=Status.COOLING, cooldown_until=past)  # a stale account-wide "cooling"
-    await cast.quota(a, "fast", remaining=0, cooldown_until=past)  # zeroed by a 429 whose window ended
-    assert (await lease(FAST)).account_id == a.pk
 
 
 async def test_it_debits_quota_and_skips_an_account_at_zero(backend, cast) -> None:

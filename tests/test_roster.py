@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from pools.leasing.base import LeaseRequest
-from pools.leasing.roster import Candidate, QuotaView, Roster
+from pools.leasing.roster import Roster
+from pools.leasing.rule import Candidate, QuotaView
 
 REQUEST = LeaseRequest(model_id="grok-chat-fast", tier="basic", mode="fast", cost=2)
 

@@ -67,8 +67,8 @@ class CoolingFilter(admin.SimpleListFilter):
         if self.value() == "now":
             return queryset.filter(account_now | mode_now)
         if self.value() == "over":
-            ended = Q(status=Status.COOLING) & (Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now))
-            return queryset.filter(ended | _quota(cooldown_until__lte=now))
+            # A cooling account whose window ended is usable again (the next lease flips it back).
+            return queryset.filter(status=Status.COOLING).usable(now) | queryset.filter(_quota(cooldown_until__lte=now))
         if self.value() == "no":
             return queryset.exclude(status=Status.COOLING).exclude(_quota(cooldown_until__isnull=False))
         return queryset

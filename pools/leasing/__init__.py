@@ -12,6 +12,8 @@ holding it; held leases are renewed every TTL/3. Tests swap the backend with `us
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.conf import settings
 
 from pools.leasing.base import LeaseBackend
@@ -32,7 +34,7 @@ class _State:
 def configured() -> LeaseBackend:
     """The backend `pools.shared.coordination()` names for this deployment."""
     ttl = float(getattr(settings, "LEASE_TTL", 60.0))
-    backends: dict[Coordination, type[LeaseBackend]] = {
+    backends: dict[Coordination, Callable[..., LeaseBackend]] = {
         Coordination.REDIS: RedisBackend, Coordination.POSTGRES: PostgresBackend, Coordination.LOCAL: LocalBackend,
     }
     return backends[coordination()](ttl=ttl)

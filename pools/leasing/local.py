@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 from pools import usage
 from pools.leasing.base import Grant, LeaseRequest, Refusal, Ticket
-from pools.leasing.roster import Candidate, Roster
+from pools.leasing.roster import Roster
+from pools.leasing.rule import Candidate
 
 # A use the snapshot never caught up with (its account left rotation) is forgotten after this
 # many seconds: by then the usage ledger has written it, or the account is out of the order.
@@ -80,7 +81,11 @@ class LocalBackend:
         return Grant(key, best.id, best.token, best.tier)
 
     def _weigh(self, candidates: Iterable[Candidate], request: LeaseRequest, wall: float) -> Candidate | None:
-        """The first of `candidates` in lease order, in-flight counts and uses since the snapshot included."""
+        """The first of `candidates` in lease order, in-flight counts and uses since the snapshot included.
+
+        The order is `rule.Candidate.order` with the in-flight count after the tier, built in two
+        steps so an account already behind on its head is not weighed further.
+        """
         best = best_head = best_order = None
         for c in candidates:
             held = self._held.get(c.id)

@@ -14,11 +14,17 @@ as the holder's proof: release and renewal match `(key, created_at)`, so a
 holder whose lease expired and was taken over cannot free or extend the new one.
 
 The one statement (`LEASE_SQL`) picks the best eligible account (the rule of
-`roster.py`, in SQL), a random free slot on it, takes the slot, and records the
-use on the account. It returns the grant, or nothing plus how many accounts were
-eligible and how many had a free slot: 0 eligible means "explain", free slots
-but no grant means another worker won the slot (retry at once), no free slot
-means "busy" (wait).
+`rule.py`, in its SQL copy), a random free slot on it, and takes the slot. It
+returns the grant, or nothing plus how many accounts were eligible and how many
+had a free slot: 0 eligible means "explain", free slots but no grant means
+another worker won the slot (retry at once), no free slot means "busy" (wait).
+
+The statement writes no account row: the use goes to the usage ledger
+(`pools.usage`) after the grant, as in the local backend, so account rows are
+written in one place. What this worker's ledger holds and has not written yet,
+quota debits of the mode and last uses, goes into the statement as arrays, so a
+quota spent a moment ago is not leased again and least-recently-used sees the
+last lease. Other workers' unwritten uses reach it within a flush interval.
 """
 
 from __future__ import annotations
@@ -28,27 +34,17 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+from pools import usage
 from pools.leasing.base import Grant, LeaseRequest, Refusal, Ticket
-from pools.models import TIER_ORDER
+from pools.leasing.rule import SQL_COLUMNS, SQL_ELIGIBLE, SQL_FROM, SQL_ORDER
 
 RACE_RETRIES = 5  # statements to try when other workers keep winning the slot we picked
 
-_RANK = "CASE a.tier " + " ".join(f"WHEN '{t}' THEN {r}" for t, r in TIER_ORDER.items()) + " END"
-
 LEASE_SQL = f"""
 WITH cand AS (
-    SELECT a.id, a.priority, {_RANK} AS rank, a.last_used_at,
-           COALESCE(NULLIF(a.max_concurrent, 0), %(default_limit)s) AS lim,  -- 0 or empty: the default
-           CASE WHEN q.remaining IS NULL OR q.resets_at <= now() OR q.cooldown_until <= now()
-                THEN 2147483647 ELSE q.remaining END AS quota_left
-    FROM pools_account a
-    LEFT JOIN pools_quota q ON q.account_id = a.id AND q.mode = %(mode)s
-    WHERE a.tier = ANY(%(tiers)s::text[])
-      AND NOT (a.id = ANY(%(exclude)s::bigint[]))
-      AND (a.status = 'active'
-           OR (a.status = 'cooling' AND (a.cooldown_until IS NULL OR a.cooldown_until <= now())))
-      AND (q.cooldown_until IS NULL OR q.cooldown_until <= now())
-      AND (q.remaining IS NULL OR q.remaining >= %(cost)s OR q.resets_at <= now() OR q.cooldown_until <= now())
+    SELECT {SQL_COLUMNS}
+    FROM {SQL_FROM}
+    WHERE {SQL_ELIGIBLE}
 ),
 held AS (
     SELECT l.account_id, count(*) AS n
@@ -59,11 +55,11 @@ held AS (
 free AS (
     SELECT c.*, COALESCE(h.n, 0) AS inflight
     FROM cand c LEFT JOIN held h ON h.account_id = c.id
-    WHERE COALESCE(h.n, 0) < c.lim
+    WHERE COALESCE(h.n, 0) < c.lim  -- the rule's step 5
 ),
 best AS (
     SELECT id, lim FROM free
-    ORDER BY priority DESC, rank, inflight, quota_left DESC, last_used_at ASC NULLS FIRST, id
+    ORDER BY {SQL_ORDER}
     LIMIT 1
 ),
 slot AS (
@@ -81,15 +77,10 @@ taken AS (
         SET account_id = EXCLUDED.account_id, expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at
         WHERE l.expires_at <= now()
     RETURNING l.key, l.account_id, l.created_at
-),
-used AS (
-    UPDATE pools_account a SET last_used_at = now(), use_count = a.use_count + 1
-    FROM taken WHERE a.id = taken.account_id
-    RETURNING a.id, a.token, a.tier
 )
-SELECT used.id, used.token, used.tier, taken.key, taken.created_at,
+SELECT a.id, a.token, a.tier, taken.key, taken.created_at,
        (SELECT count(*) FROM cand), (SELECT count(*) FROM free)
-FROM (SELECT 1) AS one LEFT JOIN taken ON TRUE LEFT JOIN used ON used.id = taken.account_id
+FROM (SELECT 1) AS one LEFT JOIN taken ON TRUE LEFT JOIN pools_account a ON a.id = taken.account_id
 """
 
 RENEW_SQL = (
@@ -101,7 +92,7 @@ IN_FLIGHT_SQL = "SELECT account_id, count(*) FROM pools_leaserecord WHERE expire
 
 class PostgresBackend:
     name = "postgres"
-    records_use_on_release = False  # the lease statement records it
+    records_use_on_release = False  # recorded in the usage ledger at the grant
     poll_interval = 0.1
 
     def __init__(self, using: str = "default", ttl: float = 60.0) -> None:
@@ -122,15 +113,26 @@ class PostgresBackend:
             "tiers": request.tiers, "exclude": sorted(request.exclude), "ttl": self.ttl,
         }
         for _ in range(RACE_RETRIES):
-            rows, _ = await self._execute(LEASE_SQL, params)
+            rows, _ = await self._execute(LEASE_SQL, {**params, **self._unwritten(request.mode)})
             account_id, token, tier, key, stamp, eligible, free = rows[0]
             if account_id is not None:
+                usage.record_use(self.using, account_id)
                 return Grant(key, account_id, token, tier, stamp)
             if not eligible:
                 return Refusal.NONE
             if not free:
                 return Refusal.BUSY
         return Refusal.BUSY  # others kept winning: wait in line like everyone else
+
+    def _unwritten(self, mode: str) -> dict[str, list]:
+        """This worker's usage not written yet, as LEASE_SQL's parallel `pending_*` arrays."""
+        debits, uses = usage.pending_debits(self.using), usage.pending_uses(self.using)
+        ids = sorted(uses.keys() | {pk for pk, modes in debits.items() if mode in modes})
+        return {
+            "pending_ids": ids,
+            "pending_units": [debits.get(pk, {}).get(mode, 0) for pk in ids],
+            "pending_used": [uses.get(pk) for pk in ids],
+        }
 
     async def renew(self, grant: Grant) -> bool:
         _, count = await self._execute(RENEW_SQL, [self.ttl, grant.key, grant.stamp])

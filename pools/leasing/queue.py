@@ -76,9 +76,10 @@ class Lines:
     def position(self, waiter: Waiter) -> tuple[bool, Waiter | None]:
         """(is it the head, the waiter right behind it)."""
         with self._lock:
-            line = self._lines.get(waiter.key, ())
-            head = bool(line) and line[0] is waiter
-            return head, (line[1] if head and len(line) > 1 else None)
+            line = self._lines.get(waiter.key)
+            if not line or line[0] is not waiter:
+                return False, None
+            return True, (line[1] if len(line) > 1 else None)
 
     def leave(self, waiter: Waiter) -> Waiter | None:
         """Take `waiter` out; wakes and returns the new head when it was the head."""

@@ -10,11 +10,11 @@ The worker passes the eligible accounts (from its one-second roster) in ARGV;
 the script, which Redis runs without interleaving anything else, counts each
 account's unexpired leases (ZCOUNT from now: a dead worker's leases stop counting
 at their expiry, and are purged when the account is next leased), picks the best
-one under its limit (priority, tier, in flight, quota left, least recently used,
-id) and adds the lease. Choice and claim are one atomic step, so there is no race
-to retry. It grants only when more slots are free than older lines are waiting in
-other workers (`queue.py`), and registers or refreshes the caller's line when it
-refuses.
+one under its limit and first in the lease order (`rule.LUA_ORDER`: priority,
+tier, in flight, quota left, least recently used, id) and adds the lease.
+Choice and claim are one atomic step, so there is no race to retry. It grants
+only when more slots are free than older lines are waiting in other workers
+(`queue.py`), and registers or refreshes the caller's line when it refuses.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from redis.commands.core import AsyncScript
 from pools import shared
 from pools.leasing.base import Grant, LeaseRequest, Refusal, Ticket
 from pools.leasing.roster import Roster
+from pools.leasing.rule import LUA_ORDER
 
 PREFIX = "grok2api:lease:"
 STALE_MS = 3000  # a waiting line not refreshed for this long belongs to a dead worker
 
-LEASE_LUA = """
+LEASE_LUA = LUA_ORDER + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local qkey, skey, lkey = KEYS[1], KEYS[2], KEYS[3]
@@ -60,22 +61,16 @@ local ids = {}
 for i = 1, n do ids[i] = ARGV[base + (i - 1) * width + 1] end
 local last = redis.call('HMGET', lkey, unpack(ids))
 
-local function less(a, b)
-  for k = 1, #a do
-    if a[k] ~= b[k] then return a[k] < b[k] end
-  end
-  return false
-end
-
 local free, best, best_order = 0, nil, nil
 for i = 1, n do
   local at = base + (i - 1) * width
   local limit = tonumber(ARGV[at + 2])
   local count = redis.call('ZCOUNT', KEYS[3 + i], '(' .. now, '+inf')
-  if count < limit then
+  if count < limit then  -- rule step 5
     free = free + limit - count
+    -- its last lease through Redis (any worker), else the snapshot's last use
     local used = tonumber(last[i]) or tonumber(ARGV[at + 6])
-    local order = {-tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4]), count, -tonumber(ARGV[at + 5]), used, i}
+    local order = lease_order(tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4]), count, tonumber(ARGV[at + 5]), used, i)
     if best == nil or less(order, best_order) then best, best_order = i, order end
   end
 end
@@ -181,7 +176,7 @@ class RedisBackend:
             return Refusal.NONE
         member = uuid.uuid4().hex
         now = time.time()
-        args: list[object] = [
+        args: list[str | int | float] = [
             member, int(self.ttl * 1000), ticket.member if ticket else "",
             ticket.arrival_ms if ticket else 0, ticket.next_arrival_ms if ticket else 0, STALE_MS,
         ]

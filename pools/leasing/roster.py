@@ -1,4 +1,4 @@
-"""The accounts a worker may lease from, cached for a second, and the one eligibility rule.
+"""The accounts a worker may lease from, cached for a second, and the leasing rule's answers on them.
 
 Reading every account and quota per lease would cost a query per request, so the
 local and Redis backends keep a snapshot for `max_age` seconds (1 s: an account
@@ -9,15 +9,11 @@ is dropped, and re-read before the next lease, when this process saves or delete
 an account or quota (signals below) or when a lease outcome changes one
 (`forget`); and it is re-read before saying "no account", so a stale copy never
 refuses a request. Quota debits the usage ledger (`pools.usage`) has not written
-yet are subtracted from what is read. The PostgreSQL backend evaluates the same
-rule in SQL (`postgres.py`), on fresh rows every time.
+yet are subtracted from what is read.
 
-Eligibility (`Candidate.available_at`), for a model of mode M and cost C:
-- the account is active, or `cooling` with a window that has passed (legacy
-  account-wide cooldown); expired and disabled accounts are never loaded;
-- its quota row for M, if any, has no cooldown running, and either its
-  `remaining` is unknown, or >= C, or stale (its window `resets_at` has passed,
-  or the cooldown that zeroed it has ended): nothing stays limited after its window.
+The rule itself (eligibility and order) is `rule.py`; this module only feeds it
+the snapshot and keeps its answers until something they depend on changes. The
+PostgreSQL backend evaluates the rule's SQL copy on fresh rows every time.
 """
 
 from __future__ import annotations
@@ -27,131 +23,40 @@ import contextvars
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
 
 from asgiref.sync import sync_to_async
-from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from pools import usage
 from pools.leasing.base import LeaseRequest
-from pools.models import TIER_ORDER, Account, Quota, Status
+from pools.leasing.rule import Candidate, QuotaView, eligible, unix
+from pools.models import Account, Quota, Status
 
 log = logging.getLogger(__name__)
 
-PLENTY = 2**31 - 1  # an unknown quota counts as plenty when ordering
-
-
-def unix(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-@dataclass(frozen=True)
-class QuotaView:
-    remaining: int | None
-    cooldown_until: float | None  # Unix seconds
-    resets_at: float | None
-
-
-@dataclass
-class Candidate:
-    id: int
-    token: str = field(repr=False)
-    tier: str
-    priority: int
-    max_concurrent: int | None
-    status: str
-    cooldown_until: float | None  # the legacy account-wide window
-    last_used: float  # Unix seconds; 0 when never used
-    quotas: dict[str, QuotaView] = field(default_factory=dict)
-
-    @property
-    def rank(self) -> int:
-        return TIER_ORDER[self.tier]
-
-    def limit(self, default: int) -> int:
-        return self.max_concurrent or default
-
-    def available_at(self, mode: str, cost: int, now: float) -> float:
-        """0 when it can serve now; else when it should be back (`inf`: not known)."""
-        back = 0.0
-        if self.status == Status.COOLING and self.cooldown_until is not None and self.cooldown_until > now:
-            back = self.cooldown_until
-        quota = self.quotas.get(mode)
-        if quota is None:
-            return back
-        if quota.cooldown_until is not None and quota.cooldown_until > now:
-            return max(back, quota.cooldown_until)
-        if self._exhausted(quota, cost, now):
-            return max(back, quota.resets_at if quota.resets_at is not None else math.inf)
-        return back
-
-    @staticmethod
-    def _exhausted(quota: QuotaView, cost: int, now: float) -> bool:
-        if quota.remaining is None or quota.remaining >= cost:
-            return False
-        if quota.resets_at is not None and quota.resets_at <= now:
-            return False  # the window reset since the count was taken
-        return not (quota.cooldown_until is not None and quota.cooldown_until <= now)
-
-    def quota_left(self, mode: str, now: float) -> int:
-        quota = self.quotas.get(mode)
-        if quota is None or quota.remaining is None:
-            return PLENTY
-        stale = (quota.resets_at is not None and quota.resets_at <= now) or (
-            quota.cooldown_until is not None and quota.cooldown_until <= now
-        )
-        return PLENTY if stale else quota.remaining
-
-    def order(self, mode: str, now: float) -> tuple:
-        """The static part of the lease order; backends put in-flight counts after `rank`."""
-        return (-self.priority, self.rank, -self.quota_left(mode, now), self.last_used, self.id)
-
-
-def eligible(candidates: list[Candidate], request: LeaseRequest, now: float, *, ordered: bool = True
-             ) -> list[Candidate]:
-    """Candidates able to serve `request` now, in lease order (before in-flight counts) when `ordered`."""
-    found = [
-        c
-        for c in candidates
-        if c.rank >= TIER_ORDER[request.tier]
-        and c.id not in request.exclude
-        and c.available_at(request.mode, request.cost, now) == 0
-    ]
-    if ordered:
-        found.sort(key=lambda c: c.order(request.mode, now))
-    return found
-
 
 def load(using: str) -> list[Candidate]:
-    """Accounts in rotation with their quotas; also returns passed account-wide cooldowns to `active`."""
+    """Usable accounts with their quotas; also returns passed account-wide cooldowns to `active`."""
     now = timezone.now()
-    ended = Q(status=Status.COOLING) & (Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now))
     accounts = Account.objects.using(using)
-    if accounts.filter(ended).exists():
+    if accounts.filter(status=Status.COOLING).usable(now).exists():
         accounts.end_cooldowns(now)
-    rows = accounts.filter(status__in=[Status.ACTIVE, Status.COOLING]).values_list(
+    rows = accounts.usable(now).values_list(
         "id", "token", "tier", "priority", "max_concurrent", "status", "cooldown_until", "last_used_at"
     )
     found = {
         row[0]: Candidate(row[0], row[1], row[2], row[3], row[4], row[5], unix(row[6]), unix(row[7]) or 0.0)
         for row in rows
     }
+    # Successes this worker has not written yet: the rows read lag behind them by up to one flush.
+    unwritten = usage.pending_debits(using)
     quotas = Quota.objects.using(using).filter(account_id__in=list(found)).values_list(
         "account_id", "mode", "remaining", "cooldown_until", "resets_at"
     )
     for account_id, mode, remaining, cooldown_until, resets_at in quotas:
-        found[account_id].quotas[mode] = QuotaView(remaining, unix(cooldown_until), unix(resets_at))
-    # Successes this worker has not written yet: the rows read lag behind them by up to one flush.
-    for account_id, modes in usage.pending_debits(using).items():
-        candidate = found.get(account_id)
-        for mode, cost in modes.items():
-            quota = candidate.quotas.get(mode) if candidate is not None else None
-            if candidate is not None and quota is not None and quota.remaining is not None:
-                left = max(quota.remaining - cost, 0)
-                candidate.quotas[mode] = QuotaView(left, quota.cooldown_until, quota.resets_at)
+        debit = unwritten.get(account_id, {}).get(mode, 0)
+        found[account_id].quotas[mode] = QuotaView(remaining, unix(cooldown_until), unix(resets_at)).debited(debit)
     return list(found.values())
 
 
@@ -278,6 +183,6 @@ class Roster:
         quota = candidate.quotas.get(mode)
         if quota is not None and quota.remaining is not None:
             left = max(quota.remaining - cost, 0)
-            candidate.quotas[mode] = QuotaView(left, quota.cooldown_until, quota.resets_at)
+            candidate.quotas[mode] = quota.debited(cost)
             if any(key[0] == mode and left < key[1] for key in self._answers):
                 self._answers.clear()  # it may no longer afford a cost asked before
