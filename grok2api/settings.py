@@ -95,6 +95,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     })
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # The API runs outside Django's request signals: this backend replaces a broken connection itself.
+    DATABASES["default"]["ENGINE"] = "grok2api.db.postgresql"
 
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:

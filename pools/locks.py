@@ -20,12 +20,17 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from django.conf import settings
+import psycopg
 from django.db import connections
+from psycopg.conninfo import make_conninfo
 
 from pools import shared
+from pools.pg import hung_up
+
+if TYPE_CHECKING:
+    import redis.asyncio as aredis
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +78,21 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 class RedisLock:
     """`SET key token NX PX ttl`; renewed while held, so a long job keeps it and a killed worker loses it."""
 
-    def __init__(self, client_factory: Callable[[], object] | None = None, *, prefix: str = "grok2api:job-lock:",
-                 ttl: float = LOCK_TTL) -> None:
+    def __init__(self, client_factory: Callable[[], aredis.Redis | None] | None = None, *,
+                 prefix: str = "grok2api:job-lock:", ttl: float = LOCK_TTL) -> None:
         self._client_factory = client_factory or shared.async_redis
         self.prefix = prefix
         self.ttl_ms = int(ttl * 1000)
         self._held: dict[str, tuple[str, asyncio.Task]] = {}
 
-    async def acquire(self, name: str) -> bool:
+    def _client(self) -> aredis.Redis:
         client = self._client_factory()
+        if client is None:  # default_lock() picks this lock only when REDIS_URL is set
+            raise RuntimeError("RedisLock needs REDIS_URL")
+        return client
+
+    async def acquire(self, name: str) -> bool:
+        client = self._client()
         token = uuid.uuid4().hex
         if not await client.set(self.prefix + name, token, nx=True, px=self.ttl_ms):
             return False
@@ -89,7 +100,7 @@ class RedisLock:
         self._held[name] = (token, renew)
         return True
 
-    async def _renew(self, client, name: str, token: str) -> None:
+    async def _renew(self, client: aredis.Redis, name: str, token: str) -> None:
         while True:
             await asyncio.sleep(self.ttl_ms / 3000)
             try:
@@ -100,13 +111,14 @@ class RedisLock:
                 logger.warning("periodic job %s: could not renew its Redis lock", name, exc_info=True)
 
     async def release(self, name: str) -> None:
-        token, renew = self._held.pop(name, (None, None))
-        if token is None:
+        held = self._held.pop(name, None)
+        if held is None:
             return
+        token, renew = held
         renew.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renew
-        await self._client_factory().eval(_RELEASE, 1, self.prefix + name, token)
+        await self._client().eval(_RELEASE, 1, self.prefix + name, token)
 
     async def close(self) -> None:
         for name in list(self._held):
@@ -131,18 +143,27 @@ class PgAdvisoryLock:
     def __init__(self, conninfo: str | None = None, *, alias: str = "default") -> None:
         self.conninfo = conninfo
         self.alias = alias
-        self._conn = None
+        self._conn: psycopg.AsyncConnection | None = None
 
-    async def _connection(self):
-        import psycopg
-
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is not None and not self._conn.closed and hung_up(self._conn):
+            await self._conn.close()  # the server ended the session (restart, pg_terminate_backend)
         if self._conn is None or self._conn.closed:
             conninfo = self.conninfo or django_conninfo(self.alias)
             self._conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         return self._conn
 
     async def acquire(self, name: str) -> bool:
-        conn = await self._connection()
+        try:
+            return await self._try_lock(await self._connection(), name)
+        except psycopg.OperationalError:
+            if self._conn is None or not self._conn.closed:
+                raise
+        # The session died under the statement, and the locks it held with it: once more, on a new one.
+        return await self._try_lock(await self._connection(), name)
+
+    @staticmethod
+    async def _try_lock(conn: psycopg.AsyncConnection, name: str) -> bool:
         cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_NAMESPACE, advisory_key(name)))
         row = await cursor.fetchone()
         return bool(row and row[0])
@@ -150,7 +171,11 @@ class PgAdvisoryLock:
     async def release(self, name: str) -> None:
         if self._conn is None or self._conn.closed:
             return  # the session is gone, and its locks with it
-        await self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_NAMESPACE, advisory_key(name)))
+        try:
+            await self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_NAMESPACE, advisory_key(name)))
+        except psycopg.OperationalError:
+            if not self._conn.closed:
+                raise
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -160,8 +185,6 @@ class PgAdvisoryLock:
 
 def django_conninfo(alias: str = "default") -> str:
     """A libpq connection string for the Django database `alias` (PostgreSQL)."""
-    from psycopg.conninfo import make_conninfo
-
     db = connections[alias].settings_dict
     params = {
         "dbname": db.get("NAME"), "user": db.get("USER"), "password": db.get("PASSWORD"),
@@ -172,8 +195,8 @@ def django_conninfo(alias: str = "default") -> str:
 
 
 def default_lock() -> JobLock:
-    if settings.REDIS_URL:
-        return RedisLock()
-    if connections["default"].vendor == "postgresql":
-        return PgAdvisoryLock()
-    return LocalLock()
+    return {
+        shared.Coordination.REDIS: RedisLock,
+        shared.Coordination.POSTGRES: PgAdvisoryLock,
+        shared.Coordination.LOCAL: LocalLock,
+    }[shared.coordination()]()

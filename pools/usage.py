@@ -37,7 +37,7 @@ database apply the pending debits on top (`pending_debits`), so this worker's
 leasing never sees a quota go back up between two flushes.
 
 The ledger is process-wide and guarded by a thread lock: the gateway's event loop
-runs in daphne's thread while tests lease from another thread of the process.
+runs in the server's thread while tests lease from another thread of the process.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -57,15 +58,13 @@ from datetime import datetime
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import F, Value
-from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from pools.models import Account, Quota
 
 __all__ = [
-    "Ledger", "aflush", "discard", "flush", "flush_at_exit", "pending", "pending_debits", "record_success",
-    "record_use", "superseding",
+    "Ledger", "aflush", "discard", "flush", "flush_at_exit", "pending", "pending_debits", "pending_uses",
+    "record_success", "record_use", "superseding",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,6 +191,11 @@ class Ledger:
         with self._lock:
             return {pk: dict(e.debits) for pk, e in self._pending.get(using, {}).items() if e.debits}
 
+    def pending_uses(self, using: str) -> dict[int, datetime]:
+        """The latest use not written yet, per account: leasing counts it as the account's last use."""
+        with self._lock:
+            return {pk: e.last_used for pk, e in self._pending.get(using, {}).items() if e.last_used is not None}
+
     def __bool__(self) -> bool:
         with self._lock:
             return any(self._pending.values())
@@ -217,7 +221,7 @@ class Ledger:
                 if not entries:
                     continue
                 try:
-                    _close_stale_connections()
+                    _close_expired_connections()
                     _write(alias, entries)
                 except BaseException as exc:
                     self._put_back(alias, entries)
@@ -244,16 +248,20 @@ class Ledger:
         return dropped
 
 
-def _close_stale_connections() -> None:
-    """`django.db.close_old_connections()`, minus connections inside a transaction.
+def _close_expired_connections() -> None:
+    """Close this thread's connections older than CONN_MAX_AGE, as Django does at the end of a request.
 
-    The flusher runs outside Django's request cycle, so nothing else drops a
-    connection that hit CONN_MAX_AGE or broke. A connection in an atomic block
-    belongs to a caller's transaction (a sync flush from inside one): it stays.
+    The flusher's thread (asgiref's one sync thread, which the API's database work
+    shares) is outside Django's request cycle. A broken connection is not its business:
+    the PostgreSQL backend (`grok2api.db.postgresql`) replaces one wherever it is used
+    next, flush or not. A connection inside a transaction (a sync flush from inside one)
+    belongs to its caller: it stays.
     """
+    now = time.monotonic()
     for conn in connections.all(initialized_only=True):
-        if not conn.in_atomic_block:
-            conn.close_if_unusable_or_obsolete()
+        expired = conn.close_at is not None and now >= conn.close_at
+        if expired and conn.connection is not None and conn.autocommit and not conn.in_atomic_block:
+            conn.close()
 
 
 def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:
@@ -275,40 +283,12 @@ def _write(using: str, entries: dict[int, Entry]) -> None:
         for mode, cost in entry.debits.items():
             debits[(mode, cost)].append(account_id)
     with transaction.atomic(using=using):
-        _count_uses(using, uses)
+        accounts.add_uses(uses)
         for chunk in _chunks(resets):
-            accounts.filter(pk__in=chunk).exclude(failure_count=0, last_error="").update(failure_count=0, last_error="")
+            accounts.filter(pk__in=chunk).succeeded()
         for (mode, cost), ids in debits.items():
             for chunk in _chunks(ids):
-                # Local estimate until the next sync; `remaining` unknown stays unknown.
-                Quota.objects.using(using).filter(account_id__in=chunk, mode=mode, remaining__isnull=False).update(
-                    remaining=Greatest(F("remaining") - cost, Value(0))
-                )
-
-
-def _count_uses(using: str, uses: list[tuple[int, int, datetime | None]]) -> None:
-    """Add each account's new uses and move its `last_used_at` forward (never back: another
-    worker, or a failure settled at once, may have written a later one).
-
-    One prepared UPDATE run once per account: the ORM's CASE of one WHEN per account, built
-    every second, cost the worker more CPU than the statement itself (docs/benchmarks.md).
-    """
-    connection = connections[using]
-    quote = connection.ops.quote_name
-    table = quote(Account._meta.db_table)
-    count, last, pk = (quote(Account._meta.get_field(name).column) for name in ("use_count", "last_used_at", "id"))
-    adapt = connection.ops.adapt_datetimefield_value
-    dated = [(n, adapt(at), adapt(at), pk_) for pk_, n, at in uses if at is not None]
-    undated = [(n, pk_) for pk_, n, at in uses if at is None]
-    with connection.cursor() as cursor:
-        if dated:
-            cursor.executemany(
-                f"UPDATE {table} SET {count} = {count} + %s, {last} = CASE WHEN {last} IS NULL OR {last} < %s "
-                f"THEN %s ELSE {last} END WHERE {pk} = %s",
-                dated,
-            )
-        if undated:
-            cursor.executemany(f"UPDATE {table} SET {count} = {count} + %s WHERE {pk} = %s", undated)
+                Quota.objects.using(using).filter(account_id__in=chunk, mode=mode).debit(cost)
 
 
 # --- the process-wide ledger and its background flusher ------------------------------------------
@@ -344,6 +324,10 @@ def pending(using: str | None = None) -> dict[str, dict[int, Entry]]:
 
 def pending_debits(using: str) -> dict[int, dict[str, int]]:
     return _ledger.pending_debits(using)
+
+
+def pending_uses(using: str) -> dict[int, datetime]:
+    return _ledger.pending_uses(using)
 
 
 def flush(using: str | None = None) -> int:

@@ -37,6 +37,7 @@ def _add_postgres_alias() -> None:
 
     config = environ.Env.db_url_config(POSTGRES_URL)
     config["TEST"] = {"NAME": f"test_grok2api_pg_{os.getpid()}"}  # concurrent runs share the server
+    config["ENGINE"] = "grok2api.db.postgresql"  # the backend grok2api.settings picks for PostgreSQL
     settings.DATABASES["pg"] = config
     # Django read DATABASES at setup; the alias must reach its connection handler too.
     connections.settings["pg"] = config

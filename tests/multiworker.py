@@ -49,14 +49,16 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, workers: int = 2, *, fake_url: str, redis: bool = True, env: dict[str, str] | None = None):
+    def __init__(self, workers: int = 2, *, fake_url: str, redis: bool = True, env: dict[str, str] | None = None,
+                 redis_url: str = REDIS_URL):
+        """`redis_url`: another server than the shared one (a test that restarts its own)."""
         self.workers = workers
         self.fake_url = fake_url
         self.use_redis = redis
         self.extra_env = env or {}
         self.database = f"grok2api_mw_{uuid.uuid4().hex[:10]}"
         self.database_url = f"postgres://postgres@127.0.0.1:5432/{self.database}"
-        self.redis_url = REDIS_URL if redis else ""
+        self.redis_url = redis_url if redis else ""
         self.headers = {"Authorization": f"Bearer {API_KEY}"}
         self.ports: list[int] = []
         self.procs: list[subprocess.Popen] = []
@@ -83,7 +85,7 @@ class Cluster:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         if self.use_redis:
-            redis.Redis.from_url(REDIS_URL).flushdb()
+            redis.Redis.from_url(self.redis_url).flushdb()
         try:
             self.manage("migrate", "--noinput", "-v", "0")
             for _ in range(self.workers):

@@ -1,0 +1,1 @@
+"""PostgreSQL whose broken connections are replaced before their next use (see `base`)."""
