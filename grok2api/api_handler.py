@@ -20,10 +20,11 @@ It also leaves out what costs a thread per request in Django's own handler:
 `ThreadSensitiveContext` (each request's first thread-sensitive call would start an
 executor thread of its own, held while the answer streams) and the `request_started`
 / `request_finished` signals and `response.close()` run through `sync_to_async`.
-Their receivers close stale database connections of the thread they run in; API
-views never touch the ORM on the event loop, and the one thread their
-`sync_to_async` calls share closes stale connections before its periodic work
-(`pools.usage`, `pools.background`).
+Their receivers close stale database connections of the thread they run in. Here
+nothing does between two requests, so the PostgreSQL backend (`grok2api.db.postgresql`)
+replaces a broken connection itself wherever it is next used (API views, the async
+ORM, periodic jobs, leasing), and the usage flusher closes connections past
+CONN_MAX_AGE in the one thread the API's `sync_to_async` calls share (`pools.usage`).
 """
 
 from __future__ import annotations

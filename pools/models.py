@@ -125,6 +125,10 @@ class AccountQuerySet(models.QuerySet):
         """A cooling account with quota again is back in rotation."""
         return self.filter(status=Status.COOLING).update(status=Status.ACTIVE, cooldown_until=None)
 
+    def bind_proxy(self, proxy: Proxy) -> int:
+        """Bind these accounts to `proxy` (callers filter on the binding they read: a lost race binds nothing)."""
+        return self.update(proxy=proxy)
+
     def unbind_proxies(self) -> int:
         """Forget these accounts' proxy bindings (the next request binds them again)."""
         return self.exclude(proxy=None).update(proxy=None)

@@ -68,7 +68,7 @@ def _bound_proxy(account_id: int, exclude: frozenset[int], health_interval: int)
         if account is None:
             return pick  # deleted by an operator mid-request: route it, bind nothing
         # Conditional on the binding we read: if another worker rebound it first, read again.
-        if Account.objects.filter(pk=account_id, proxy_id=account.proxy_id).update(proxy=pick):
+        if Account.objects.filter(pk=account_id, proxy_id=account.proxy_id).bind_proxy(pick):
             logger.info("account %s bound to proxy %s", mask_token(account.token), pick.masked_url)
             return pick
     raise NoProxyAvailable("the account's proxy binding kept changing under concurrent requests; retry")
