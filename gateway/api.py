@@ -9,7 +9,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.utils.log import log_response
 from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -75,7 +75,7 @@ async def retrieve_model(request: HttpRequest, model_id: str) -> dict:
 
 
 @router.post("/chat/completions", response={200: dict, **ERRORS})
-async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponseBase:
     spec = get_model(body.model)
     if spec is None:
         raise ModelNotFound(body.model)

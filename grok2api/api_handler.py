@@ -32,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -87,10 +88,13 @@ class ApiHandler(ASGIHandler):
         The API chain has no view, template-response or exception hooks: a middleware that
         brings one is refused here rather than silently left out.
         """
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        handler = convert_exception_to_response(self._get_response_async if is_async else self._get_response)
+        self._view_middleware: list[Callable[..., Any]] = []
+        self._template_response_middleware: list[Callable[..., Any]] = []
+        self._exception_middleware: list[Callable[..., Any]] = []
+        # Django's undocumented inner handlers (see the module doc), which django-stubs do not declare.
+        handler = convert_exception_to_response(
+            self._get_response_async if is_async else self._get_response  # type: ignore[attr-defined]
+        )
         handler_is_async = is_async
         for path in reversed(API_MIDDLEWARE):
             factory = import_string(path)
@@ -121,6 +125,7 @@ class ApiHandler(ASGIHandler):
         request, error_response = self.create_request(scope, body_file)
         try:
             if request is None:
+                assert error_response is not None  # create_request returns a request or an error response
                 await self.send_response(error_response, send)
                 return
             await self._serve(request, receive, send)
@@ -136,12 +141,17 @@ class ApiHandler(ASGIHandler):
         already, with its traceback (`gateway.api._unexpected`), `log_response` skips.
         """
         set_urlconf(settings.ROOT_URLCONF)
-        response = await self._middleware_chain(request)
-        response._resource_closers.append(request.close)
+        # ASGIHandler always loads its middleware async, so the chain returns an awaitable;
+        # the stubs type it for both modes.
+        response = await cast("Awaitable[HttpResponseBase]", self._middleware_chain(request))
+        # Django's undocumented list of what `close()` runs, which django-stubs do not declare.
+        response._resource_closers.append(request.close)  # type: ignore[attr-defined]
         status = response.status_code
         if status >= 400 and request_logger.isEnabledFor(logging.ERROR if status >= 500 else logging.WARNING):
+            # django-stubs type `response` as HttpResponse; Django's own handler passes any response.
             await sync_to_async(log_response, thread_sensitive=False)(
-                "%s: %s", response.reason_phrase, request.path, response=response, request=request
+                "%s: %s", response.reason_phrase, request.path,
+                response=response, request=request,  # type: ignore[arg-type]
             )
         return response
 
@@ -152,7 +162,8 @@ class ApiHandler(ASGIHandler):
         headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
         headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        async with contextlib.aclosing(response.events) as events:
+        # An event stream's events are an async generator (`gateway.api._sse`), so they can be closed.
+        async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.events)) as events:
             async for part in events:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body"})
@@ -190,7 +201,7 @@ class ApiHandler(ASGIHandler):
 
 def _close(response: HttpResponseBase) -> None:
     """`response.close()` minus the `request_finished` signal: free what the response holds."""
-    for closer in response._resource_closers:
+    for closer in response._resource_closers:  # type: ignore[attr-defined]  # Django internal, see get_response_async
         with contextlib.suppress(Exception):  # as in Django's close(): one closer's failure must not stop the rest
             closer()
     response.closed = True

@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from typing import Literal, cast
 
-from curl_cffi import AsyncCurl, Curl, CurlError, CurlHttpVersion, CurlInfo, CurlOpt, ffi
+from curl_cffi import AsyncCurl, Curl, CurlECode, CurlError, CurlHttpVersion, CurlInfo, CurlOpt, ffi
 from curl_cffi import curl as curl_module
 from curl_cffi.requests import exceptions as curl_exceptions
 from curl_cffi.requests import impersonate as curl_impersonate
@@ -64,7 +65,10 @@ MAX_REDIRECTS = 30
 def _error(exc: CurlError) -> RequestException:
     """curl_cffi's own exception class for a curl error code, as its sessions raise them."""
     message = str(exc)
-    return _error_class(exc.code, message)(message, exc.code)
+    # `CurlError.code` is typed `int | CurlECode` while these take `CurlECode`: the value is a
+    # libcurl code either way, and the mapping (keyed by an IntEnum) looks a plain int up the same.
+    code = cast("CurlECode | Literal[0]", exc.code)
+    return _error_class(code, message)(message, code)
 
 
 class Transfer:
@@ -95,6 +99,10 @@ class Transfer:
 
     # curl's side (callbacks run inside `socket_action`, on the loop)
 
+    def _response_code(self) -> int:
+        # getinfo's return type covers every CURLINFO; RESPONSE_CODE is a long, which it returns as int.
+        return cast("int", self._curl.getinfo(CurlInfo.RESPONSE_CODE))
+
     def _on_header(self, line: bytes) -> int:
         self._header_lines.append(line)
         return len(line)
@@ -103,7 +111,7 @@ class Transfer:
         if self._ended:  # aborted: tell curl to stop
             return _ABORT
         if not self.status:
-            self.status = self._curl.getinfo(CurlInfo.RESPONSE_CODE)
+            self.status = self._response_code()
         self._chunks.append(chunk)
         self._wake()
         return len(chunk)
@@ -118,7 +126,7 @@ class Transfer:
             elif exc is not None:
                 self._error = RequestException(f"transfer failed: {exc}")
         if not self.status:
-            self.status = self._curl.getinfo(CurlInfo.RESPONSE_CODE)
+            self.status = self._response_code()
         self._ended = True
         self._wake()
         if self._timer is not None:

@@ -7,6 +7,8 @@ replacements in separate, never pre-filled fields.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
@@ -20,6 +22,17 @@ from pools import proxies
 from pools.admin.accounts import SecretInput
 from pools.models import Proxy, ProxyHealth, mask_token
 from pools.settings import aget_runtime
+
+if TYPE_CHECKING:
+    from typing import TypeAlias, TypedDict
+
+    from django_stubs_ext import WithAnnotations
+
+    class _Bound(TypedDict):
+        bound_count: int
+
+    # A proxy as ProxyAdmin.get_queryset returns it, annotated with its number of bound accounts.
+    BoundProxy: TypeAlias = WithAnnotations[Proxy, _Bound]
 
 URL_HELP = "http://, https://, socks5:// or socks5h://[user:password@]host:port (socks5 is stored as socks5h)."
 CLEARANCE_HELP = "A cf_clearance cookie solved from this proxy's IP, with the user agent below."
@@ -109,7 +122,7 @@ class BoundFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [("yes", "Has bound accounts"), ("no", "No bound accounts")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Proxy]) -> QuerySet[Proxy]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[BoundProxy]) -> QuerySet[BoundProxy]:
         if self.value() == "yes":
             return queryset.filter(bound_count__gt=0)
         if self.value() == "no":
@@ -139,13 +152,14 @@ class ProxyAdmin(admin.ModelAdmin):
     state_fields = ["health", "bound", "failure_count", "last_error", "last_checked_at", "last_ok_at", "source",
                     "created_at"]
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Proxy]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BoundProxy]:
         return super().get_queryset(request).annotate(bound_count=Count("accounts"))
 
-    def get_form(self, request: HttpRequest, obj: Proxy | None = None, **kwargs: object) -> type:
+    def get_form(self, request: HttpRequest, obj: Proxy | None = None, change: bool = False,
+                 **kwargs: Any) -> type[forms.ModelForm]:
         if obj is None:
             kwargs["form"] = self.add_form
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change, **kwargs)
 
     def get_fieldsets(self, request: HttpRequest, obj: Proxy | None = None) -> list:
         if obj is None:
@@ -165,11 +179,13 @@ class ProxyAdmin(admin.ModelAdmin):
 
     @admin.display(description="Health", ordering="health")
     def health_shown(self, obj: Proxy) -> str:
-        icon = {ProxyHealth.OK: "✔", ProxyHealth.FAILED: "✘"}.get(obj.health, "?")
+        # Keyed by str: a TextChoices member is its value, so the stored string finds it.
+        icons: dict[str, str] = {ProxyHealth.OK: "✔", ProxyHealth.FAILED: "✘"}
+        icon = icons.get(obj.health, "?")
         return format_html("{} {}", icon, obj.get_health_display())
 
     @admin.display(description="Bound accounts", ordering="bound_count")
-    def bound(self, obj: Proxy) -> int:
+    def bound(self, obj: BoundProxy) -> int:
         return obj.bound_count  # annotated in get_queryset, which the change view uses too
 
     @admin.display(description="cf_clearance")

@@ -8,6 +8,8 @@ leave the box empty to keep the value, type `-` to clear it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -31,7 +33,7 @@ class RuntimeSettingsForm(forms.ModelForm):
         model = RuntimeSettings
         fields = "__all__"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         defaults = env_defaults()
         for name, field in self.fields.items():
@@ -47,7 +49,8 @@ class RuntimeSettingsForm(forms.ModelForm):
             )
 
     def clean(self) -> dict:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data  # what ModelForm.clean returns, typed without its `None`
         for name in SECRETS:
             typed = (data.get(name) or "").strip()
             data[name] = "" if typed == "-" else (typed or getattr(self.instance, name, ""))
