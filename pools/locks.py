@@ -22,14 +22,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-import psycopg
 from django.db import connections
-from psycopg.conninfo import make_conninfo
 
 from pools import shared
 from pools.pg import hung_up
 
 if TYPE_CHECKING:
+    import psycopg
     import redis.asyncio as aredis
 
 logger = logging.getLogger(__name__)
@@ -137,7 +136,8 @@ class PgAdvisoryLock:
     """`pg_try_advisory_lock` on a connection of its own: held as long as that session, freed if it dies.
 
     Session-level advisory locks need a real session: behind a transaction-pooling
-    PgBouncer, point the runner at PostgreSQL directly.
+    PgBouncer, point the runner at PostgreSQL directly. psycopg is imported where a
+    method needs it: the SQLite default never loads the driver (~9 MB per worker).
     """
 
     def __init__(self, conninfo: str | None = None, *, alias: str = "default") -> None:
@@ -146,6 +146,8 @@ class PgAdvisoryLock:
         self._conn: psycopg.AsyncConnection | None = None
 
     async def _connection(self) -> psycopg.AsyncConnection:
+        import psycopg
+
         if self._conn is not None and not self._conn.closed and hung_up(self._conn):
             await self._conn.close()  # the server ended the session (restart, pg_terminate_backend)
         if self._conn is None or self._conn.closed:
@@ -154,6 +156,8 @@ class PgAdvisoryLock:
         return self._conn
 
     async def acquire(self, name: str) -> bool:
+        import psycopg
+
         try:
             return await self._try_lock(await self._connection(), name)
         except psycopg.OperationalError:
@@ -169,6 +173,8 @@ class PgAdvisoryLock:
         return bool(row and row[0])
 
     async def release(self, name: str) -> None:
+        import psycopg
+
         if self._conn is None or self._conn.closed:
             return  # the session is gone, and its locks with it
         try:
@@ -185,6 +191,8 @@ class PgAdvisoryLock:
 
 def django_conninfo(alias: str = "default") -> str:
     """A libpq connection string for the Django database `alias` (PostgreSQL)."""
+    from psycopg.conninfo import make_conninfo
+
     db = connections[alias].settings_dict
     params = {
         "dbname": db.get("NAME"), "user": db.get("USER"), "password": db.get("PASSWORD"),

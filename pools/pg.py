@@ -7,10 +7,10 @@ and by the advisory job lock (`pools.locks.PgAdvisoryLock`) for its own session.
 from __future__ import annotations
 
 import select
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import OperationalError, pq
+if TYPE_CHECKING:
+    import psycopg
 
 POLL_ROUNDS = 4  # reads of pending input before calling the connection alive: a notice, the FATAL, end of file
 
@@ -26,6 +26,9 @@ def hung_up(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) 
     pgconn = getattr(connection, "pgconn", None)
     if pgconn is None:
         return False
+    # The driver is loaded by whoever holds a psycopg connection; the SQLite default never loads it (~9 MB).
+    from psycopg import OperationalError, pq
+
     farewells: list[object] = []
 
     def farewell(diagnostic: object) -> None:

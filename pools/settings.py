@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import logging
 import time
 import weakref
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from django.db import transaction
 
 from pools import shared
 from pools.models import THINKING_FORMATS, RuntimeSettings
+
+logger = logging.getLogger(__name__)
 
 CHECK_EVERY = 0.5  # seconds between version checks in one worker
 VERSION_KEY = "grok2api:runtime-version"
@@ -143,9 +146,16 @@ def get_runtime() -> Runtime:
 
 
 async def aget_runtime() -> Runtime:
-    """The runtime settings in force; at most one version check per `CHECK_EVERY`, no per-request query."""
-    if _cache.runtime is not None and time.monotonic() - _cache.checked_at < CHECK_EVERY:
-        return _cache.runtime
+    """The runtime settings in force, with no I/O on the request path once loaded.
+
+    At most one version check per `CHECK_EVERY` runs behind the requests: a request that
+    finds the copy older than that starts it (if none is running) and is answered from the
+    copy, so a change is in force within `CHECK_EVERY` plus one read. Only the first request
+    of a process (or the first after a save in this process) waits for the row.
+    """
+    runtime = _cache.runtime
+    if runtime is not None and time.monotonic() - _cache.checked_at < CHECK_EVERY:
+        return runtime
     # One check per worker at a time: a burst of requests at the end of CHECK_EVERY (or
     # after a save) would otherwise open one Redis and one database connection each.
     loop = asyncio.get_running_loop()
@@ -154,6 +164,8 @@ async def aget_runtime() -> Runtime:
         # A fresh context: the task outlives the request that happened to start it.
         check = _checks[loop] = loop.create_task(_acheck(), context=contextvars.Context())
         check.add_done_callback(lambda _: _checks.pop(loop, None))
+    if runtime is not None:
+        return runtime
     return await asyncio.shield(check)
 
 
@@ -162,12 +174,20 @@ _checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = we
 
 async def _acheck() -> Runtime:
     now = time.monotonic()
-    client = shared.async_redis()
-    published = _redis_version(await client.get(VERSION_KEY)) if client is not None else None
-    runtime = _cache.runtime
-    if runtime is None or not _fresh(published):
-        # The database read (version, then the row if it changed) stays off the event loop.
-        runtime = await sync_to_async(_check, thread_sensitive=True)(published)
+    try:
+        client = shared.async_redis()
+        published = _redis_version(await client.get(VERSION_KEY)) if client is not None else None
+        runtime = _cache.runtime
+        if runtime is None or not _fresh(published):
+            # The database read (version, then the row if it changed) stays off the event loop.
+            runtime = await sync_to_async(_check, thread_sensitive=True)(published)
+    except Exception:
+        runtime = _cache.runtime
+        if runtime is None:
+            raise
+        # Redis or the database blinked: the copy in force stays, the next check tries again.
+        logger.warning("could not check the runtime settings version; version %d stays in force",
+                       runtime.version, exc_info=True)
     _cache.checked_at = now
     return runtime
 
@@ -188,6 +208,8 @@ def publish(version: int) -> None:
     client = shared.sync_redis()
     if client is not None:
         client.set(VERSION_KEY, version)
+    # This process reads the row again before answering from it: a save here is in force here at once.
+    _cache.runtime = None
     _cache.checked_at = 0.0
 
 

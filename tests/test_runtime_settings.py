@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import dataclasses
 import os
 import re
@@ -276,3 +277,14 @@ def test_any_save_of_the_row_is_in_force_at_once_in_this_process(transactional_d
     row.thinking_format = "think"
     row.save()  # neither the admin nor `update_runtime`: the post_save receiver publishes it
     assert get_runtime().thinking_format == "think" and get_runtime().version == 2
+
+
+async def test_a_worker_answers_from_its_copy_while_the_version_check_runs_behind(transactional_db):
+    # No request waits for the version read: an old copy answers, the check refreshes it behind.
+    first = await pools.settings.aget_runtime()
+    pools.settings._cache.checked_at -= 10 * pools.settings.CHECK_EVERY
+    changed = RuntimeSettings.objects.filter(pk=1)
+    await changed.aupdate(show_thinking=not first.show_thinking, version=first.version + 1)  # another process
+    assert await pools.settings.aget_runtime() is first
+    await asyncio.gather(*pools.settings._checks.values())
+    assert (await pools.settings.aget_runtime()).show_thinking is not first.show_thinking

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,16 @@ def test_the_api_never_reaches_up_into_the_site_package() -> None:
         for module, nested in _imports(path):
             if not nested:
                 assert not module.startswith("grok2api"), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_the_sqlite_default_never_loads_the_postgresql_driver(tmp_path: Path) -> None:
+    # psycopg costs a worker ~9 MB; only a PostgreSQL deployment needs it.
+    code = (
+        "import os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'grok2api.settings'; import grok2api.asgi; "
+        "from pools.jobs import load_jobs; load_jobs(); import pools.admin; print('psycopg' in sys.modules)"
+    )
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "DATABASE_URL": "", "REDIS_URL": "", "API_KEY": "k"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
