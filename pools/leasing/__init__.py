@@ -13,15 +13,22 @@ holding it; held leases are renewed every TTL/3. Tests swap the backend with `us
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from pools.leasing.base import LeaseBackend
-from pools.leasing.local import LocalBackend
-from pools.leasing.postgres import PostgresBackend
 from pools.leasing.queue import Lines
-from pools.leasing.redis import RedisBackend
 from pools.shared import Coordination, coordination
+
+# By name: a worker loads only the backend it leases through. Importing all three cost
+# ~6 KB per open stream on the SQLite default (docs/benchmarks.md, session 5).
+BACKENDS = {
+    Coordination.REDIS: "pools.leasing.redis.RedisBackend",
+    Coordination.POSTGRES: "pools.leasing.postgres.PostgresBackend",
+    Coordination.LOCAL: "pools.leasing.local.LocalBackend",
+}
 
 
 class _State:
@@ -34,10 +41,8 @@ class _State:
 def configured() -> LeaseBackend:
     """The backend `pools.shared.coordination()` names for this deployment."""
     ttl = float(getattr(settings, "LEASE_TTL", 60.0))
-    backends: dict[Coordination, Callable[..., LeaseBackend]] = {
-        Coordination.REDIS: RedisBackend, Coordination.POSTGRES: PostgresBackend, Coordination.LOCAL: LocalBackend,
-    }
-    return backends[coordination()](ttl=ttl)
+    backend_class = cast(Callable[..., LeaseBackend], import_string(BACKENDS[coordination()]))
+    return backend_class(ttl=ttl)
 
 
 def backend() -> LeaseBackend:
