@@ -31,6 +31,9 @@ from pools.models import THINKING_FORMATS, RuntimeSettings
 logger = logging.getLogger(__name__)
 
 CHECK_EVERY = 0.5  # seconds between version checks in one worker
+# A check a request started waits this long first: run at once, its database read took the
+# GIL from that very request's first token (+0.5-1 ms at one stream, docs/benchmarks.md).
+CHECK_DELAY = 0.05
 VERSION_KEY = "grok2api:runtime-version"
 
 
@@ -162,7 +165,8 @@ async def aget_runtime() -> Runtime:
     check = _checks.get(loop)
     if check is None:
         # A fresh context: the task outlives the request that happened to start it.
-        check = _checks[loop] = loop.create_task(_acheck(), context=contextvars.Context())
+        delay = CHECK_DELAY if runtime is not None else 0.0
+        check = _checks[loop] = loop.create_task(_acheck(delay), context=contextvars.Context())
         check.add_done_callback(lambda _: _checks.pop(loop, None))
     if runtime is not None:
         return runtime
@@ -172,7 +176,9 @@ async def aget_runtime() -> Runtime:
 _checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = weakref.WeakKeyDictionary()
 
 
-async def _acheck() -> Runtime:
+async def _acheck(delay: float = 0.0) -> Runtime:
+    if delay:
+        await asyncio.sleep(delay)
     now = time.monotonic()
     try:
         client = shared.async_redis()
