@@ -6,11 +6,14 @@ Accepted, and freely mixed line by line:
   (`a=b; sso=eyJ…; sso-rw=eyJ…`), which yields its `sso` value; anything after
   a `;` that is not the `sso` cookie is dropped (`eyJ…; Path=/`);
 - JSON Lines: a JSON string, or an object with `token` (or `sso`) and optional
-  `tier` and `note`, per line;
+  `tier`, `note`, `priority` (int), `max_concurrent` (int >= 1, or null for the
+  runtime default) and `proxy` (a proxy URL: the account is bound to that `Proxy`
+  row, created as a manual proxy when new), per line;
 - a JSON list of such strings or objects (the file starts with `[`).
 
 Blank lines and `#` comments are skipped. Tokens are never echoed back: reasons
-for refusing a line name the line number and the problem only.
+for refusing a line name the line number and the problem only (proxy passwords
+are masked).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 
 from django.db import transaction
 
-from pools.models import Account, Tier
+from pools.models import Account, Proxy, ProxySource, Tier
+from pools.proxies.urls import normalize_proxy_url
 
 # RFC 6265 cookie-octet: what a cookie value can hold (no spaces, quotes, commas, `;` or `\`).
 _COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$")
@@ -33,6 +37,9 @@ _WHITESPACE = re.compile(r"\s*")
 # Invalid lines listed in the summary; the rest are counted.
 MAX_LISTED = 10
 BATCH = 500
+# The columns are 32-bit integers on every backend we run on.
+INT_MAX = 2**31 - 1
+PROXY_URL_MAX = Proxy._meta.get_field("url").max_length or 500
 
 
 class InvalidToken(ValueError):
@@ -43,12 +50,23 @@ class TokenFileError(ValueError):
     """The file as a whole cannot be parsed (a JSON list that is not valid JSON)."""
 
 
+class StrictImportError(TokenFileError):
+    """A strict import met invalid lines, so nothing was written; the message lists them."""
+
+    def __init__(self, invalid: list[InvalidLine]) -> None:
+        self.invalid = invalid
+        super().__init__(f"{len(invalid)} invalid, nothing imported ({_listed(invalid)})")
+
+
 @dataclass(frozen=True)
 class TokenEntry:
     line: int
     token: str = field(repr=False)
     tier: str
     note: str = ""
+    priority: int = 0
+    max_concurrent: int | None = None
+    proxy_url: str = field(default="", repr=False)  # normalised; "" = no binding
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,7 @@ class ImportResult:
         dups = f"{self.duplicates} duplicate{'s' if self.duplicates != 1 else ''}"
         bad = f"{len(self.invalid)} invalid"
         if self.invalid:
-            listed = "; ".join(str(item) for item in self.invalid[:MAX_LISTED])
-            more = len(self.invalid) - MAX_LISTED
-            bad += f" ({listed}{f'; and {more} more' if more > 0 else ''})"
+            bad += f" ({_listed(self.invalid)})"
         if self.dry_run:
             return f"dry run: would import {self.imported}, skip {dups}, {bad}; nothing written"
         return f"imported {self.imported}, skipped {dups}, {bad}"
@@ -113,17 +129,30 @@ def normalize_token(raw: str) -> str:
     return token
 
 
-def parse_tokens(text: str, *, default_tier: str = Tier.BASIC) -> ParsedTokens:
-    """Parse a whole file. Raises TokenFileError only when a JSON list is malformed."""
+def parse_tokens(
+    text: str,
+    *,
+    default_tier: str = Tier.BASIC,
+    default_priority: int = 0,
+    default_max_concurrent: int | None = None,
+) -> ParsedTokens:
+    """Parse a whole file. Raises TokenFileError only when a JSON list is malformed.
+
+    The defaults apply to entries that do not set their own (an object's explicit
+    `"max_concurrent": null` is its own: the runtime default).
+    """
     if default_tier not in Tier.values:
         raise ValueError(f"unknown tier {default_tier!r}")
+    defaults = _Defaults(
+        default_tier, _priority(default_priority), _max_concurrent(default_max_concurrent, "max concurrent")
+    )
     text = text.lstrip("\ufeff")
     items = _json_list_items(text) if text.lstrip().startswith("[") else _line_items(text)
     parsed = ParsedTokens()
     seen: set[str] = set()
     for line, item in items:
         try:
-            entry = _entry(line, item, default_tier)
+            entry = _entry(line, item, defaults)
         except InvalidToken as exc:
             parsed.invalid.append(InvalidLine(line, str(exc)))
             continue
@@ -135,19 +164,40 @@ def parse_tokens(text: str, *, default_tier: str = Tier.BASIC) -> ParsedTokens:
     return parsed
 
 
-def import_tokens(text: str, *, default_tier: str = Tier.BASIC, dry_run: bool = False) -> ImportResult:
-    """Parse `text` and create the accounts it names that do not exist yet, in one transaction."""
-    parsed = parse_tokens(text, default_tier=default_tier)
+def import_tokens(
+    text: str,
+    *,
+    default_tier: str = Tier.BASIC,
+    dry_run: bool = False,
+    strict: bool = False,
+    default_priority: int = 0,
+    default_max_concurrent: int | None = None,
+) -> ImportResult:
+    """Parse `text` and create the accounts it names that do not exist yet, in one transaction.
+
+    `strict`: any invalid line raises StrictImportError before anything is written.
+    Proxies named by new accounts are found by URL or created (source manual).
+    """
+    parsed = parse_tokens(
+        text, default_tier=default_tier, default_priority=default_priority,
+        default_max_concurrent=default_max_concurrent,
+    )
+    if strict and parsed.invalid:
+        raise StrictImportError(parsed.invalid)
     with transaction.atomic():
         existing: set[str] = set()
         tokens = [entry.token for entry in parsed.entries]
         for start in range(0, len(tokens), BATCH):
             chunk = tokens[start : start + BATCH]
             existing.update(Account.objects.filter(token__in=chunk).values_list("token", flat=True))
+        entries = [entry for entry in parsed.entries if entry.token not in existing]
+        proxies = {} if dry_run else _proxies({entry.proxy_url for entry in entries if entry.proxy_url})
         new = [
-            Account(token=entry.token, tier=entry.tier, note=entry.note)
-            for entry in parsed.entries
-            if entry.token not in existing
+            Account(
+                token=entry.token, tier=entry.tier, note=entry.note, priority=entry.priority,
+                max_concurrent=entry.max_concurrent, proxy=proxies.get(entry.proxy_url),
+            )
+            for entry in entries
         ]
         if not dry_run:
             Account.objects.bulk_create(new, batch_size=BATCH)
@@ -214,11 +264,85 @@ def _json_list_items(text: str) -> list[tuple[int, Any]]:
     return items
 
 
-def _entry(line: int, item: Any, default_tier: str) -> TokenEntry:
+@dataclass(frozen=True)
+class _Defaults:
+    tier: str
+    priority: int
+    max_concurrent: int | None
+
+
+def _listed(invalid: list[InvalidLine]) -> str:
+    listed = "; ".join(str(item) for item in invalid[:MAX_LISTED])
+    more = len(invalid) - MAX_LISTED
+    return f"{listed}{f'; and {more} more' if more > 0 else ''}"
+
+
+def _proxies(urls: set[str]) -> dict[str, Proxy]:
+    """The Proxy row for each normalised URL, created (manual) where there is none."""
+    found = {proxy.url: proxy for proxy in Proxy.objects.filter(url__in=urls)}
+    for url in sorted(urls - found.keys()):
+        found[url] = Proxy.objects.create(url=url, source=ProxySource.MANUAL)
+    return found
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _priority(value: Any) -> int:
+    if not _is_int(value):
+        raise InvalidToken("priority must be an integer")
+    if not -INT_MAX - 1 <= value <= INT_MAX:
+        raise InvalidToken("priority is out of range")
+    return int(value)
+
+
+def _max_concurrent(value: Any, name: str = "max_concurrent") -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise InvalidToken(f"{name} must be a whole number of at least 1, or null")
+    if value > INT_MAX:
+        raise InvalidToken(f"{name} is out of range")
+    return int(value)
+
+
+def _proxy_url(value: Any) -> str:
+    """The normalised proxy URL, or "" for none; the reason for refusing never shows the password."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise InvalidToken("proxy must be a URL string")
+    try:
+        url = normalize_proxy_url(value)
+    except ValueError as exc:
+        raise InvalidToken(_without_password(str(exc), value)) from None
+    if len(url) > PROXY_URL_MAX:
+        raise InvalidToken(f"proxy URL is longer than {PROXY_URL_MAX} characters")
+    return url
+
+
+def _without_password(message: str, url: str) -> str:
+    # normalize_proxy_url masks `scheme://user:pass@…`, but not a URL it cannot split (no `://`).
+    rest = url.strip().partition("://")[2] or url.strip()
+    userinfo, at, _ = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if at and colon and password:
+        message = message.replace(f"{userinfo}@", f"{user}:****@")
+        if f":{password}@" in message:  # whatever shape it took, the password does not leave
+            return "invalid proxy URL (not shown: it holds a password)"
+    return message
+
+
+def _entry(line: int, item: Any, defaults: _Defaults) -> TokenEntry:
     if isinstance(item, InvalidToken):
         raise item
+    default_tier = defaults.tier
     if isinstance(item, str):
-        return TokenEntry(line, normalize_token(item), default_tier)
+        return TokenEntry(
+            line, normalize_token(item), default_tier, priority=defaults.priority,
+            max_concurrent=defaults.max_concurrent,
+        )
     if not isinstance(item, dict):
         raise InvalidToken("expected a token string or an object with a token")
     raw = item.get("token", item.get("sso"))
@@ -232,7 +356,12 @@ def _entry(line: int, item: Any, default_tier: str) -> TokenEntry:
     note = item.get("note") or ""
     if not isinstance(note, str):
         raise InvalidToken("note must be a string")
-    return TokenEntry(line, normalize_token(raw), tier.lower(), note.strip()[:200])
+    priority = defaults.priority if item.get("priority") is None else _priority(item["priority"])
+    limit = _max_concurrent(item["max_concurrent"]) if "max_concurrent" in item else defaults.max_concurrent
+    return TokenEntry(
+        line, normalize_token(raw), tier.lower(), note.strip()[:200], priority=priority, max_concurrent=limit,
+        proxy_url=_proxy_url(item.get("proxy")),
+    )
 
 
 def _is_json(text: str) -> bool:

@@ -189,3 +189,123 @@ def test_it_parses_without_touching_the_database() -> None:
     assert [(e.line, e.token, e.tier) for e in parsed.entries] == [(1, T1, "super")]
     assert parsed.duplicates == 1
     assert [str(item) for item in parsed.invalid] == ["line 3: empty token"]
+
+
+def test_it_fails_when_nothing_was_imported_and_lines_were_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.txt"
+    path.write_text("sso=\n")
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="nothing imported: 1 invalid"):
+        call_command("import_tokens", str(path), stdout=out)
+    assert out.getvalue().strip() == "imported 0, skipped 0 duplicates, 1 invalid (line 1: empty token)"
+    with pytest.raises(CommandError, match="nothing imported"):
+        call_command("import_tokens", str(path), "--dry-run", stdout=io.StringIO())
+
+
+def test_it_fails_when_only_duplicates_and_invalid_lines_remain(tmp_path: Path) -> None:
+    Account.objects.create(token=T1)
+    with pytest.raises(CommandError, match="nothing imported"):
+        run(tmp_path, f"{T1}\nsso=\n")
+
+
+def test_it_succeeds_when_everything_was_a_duplicate_or_something_was_imported(tmp_path: Path) -> None:
+    Account.objects.create(token=T1)
+    assert run(tmp_path, f"{T1}\n{T1}\n") == "imported 0, skipped 2 duplicates, 0 invalid"
+    assert run(tmp_path, f"{T2}\nsso=\n") == "imported 1, skipped 0 duplicates, 1 invalid (line 2: empty token)"
+
+
+def test_strict_writes_nothing_and_names_the_invalid_lines(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text(f"{T1}\nsso=\n{T2}\n" + json.dumps({"token": T3, "priority": "high"}) + "\n")
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=r"--strict: 2 invalid, nothing imported \(line 2: .*; line 4: ") as info:
+        call_command("import_tokens", str(path), "--strict", stdout=out)
+    assert "priority must be an integer" in str(info.value)
+    assert Account.objects.count() == 0
+    assert out.getvalue() == ""
+    assert run(tmp_path, f"{T1}\n{T2}\n", "--strict") == "imported 2, skipped 0 duplicates, 0 invalid"
+
+
+def test_it_imports_priority_max_concurrent_and_proxy(tmp_path: Path) -> None:
+    from pools.models import Proxy, ProxySource
+
+    existing = Proxy.objects.create(url="http://127.0.0.2:9", source=ProxySource.POOL_URL)
+    content = "\n".join(
+        [
+            json.dumps({"token": T1, "priority": 5, "max_concurrent": 2, "proxy": "socks5://u:pw@127.0.0.3:9"}),
+            json.dumps({"token": T2, "priority": -1, "max_concurrent": None, "proxy": "http://127.0.0.2:9/"}),
+            json.dumps({"token": T3, "proxy": "socks5h://u:pw@127.0.0.3:9"}),
+        ]
+    )
+    assert run(tmp_path, content, name="t.jsonl") == "imported 3, skipped 0 duplicates, 0 invalid"
+    accounts = {a.token: a for a in Account.objects.select_related("proxy")}
+    assert (accounts[T1].priority, accounts[T1].max_concurrent) == (5, 2)
+    assert (accounts[T2].priority, accounts[T2].max_concurrent) == (-1, None)
+    assert (accounts[T3].priority, accounts[T3].max_concurrent) == (0, None)
+    assert accounts[T2].proxy == existing
+    created = Proxy.objects.get(url="socks5h://u:pw@127.0.0.3:9")
+    assert created.source == ProxySource.MANUAL
+    assert accounts[T1].proxy == created and accounts[T3].proxy == created
+    assert Proxy.objects.count() == 2
+
+
+def test_the_priority_and_max_concurrent_options_fill_in_unset_entries(tmp_path: Path) -> None:
+    content = "\n".join(
+        [T1, json.dumps({"token": T2, "priority": 1, "max_concurrent": None}), json.dumps({"token": T3})]
+    )
+    run(tmp_path, content, "--priority", "7", "--max-concurrent", "3")
+    got = {a.token: (a.priority, a.max_concurrent) for a in Account.objects.all()}
+    assert got == {T1: (7, 3), T2: (1, None), T3: (7, 3)}
+
+
+def test_it_refuses_bad_priority_and_max_concurrent_options(tmp_path: Path) -> None:
+    for option in (["--priority", "high"], ["--max-concurrent", "0"], ["--max-concurrent", "x"]):
+        with pytest.raises(CommandError):
+            run(tmp_path, T1, *option)
+    assert Account.objects.count() == 0
+
+
+def test_it_reports_invalid_fields_with_their_line_numbers(tmp_path: Path) -> None:
+    content = "\n".join(
+        [
+            T1,
+            json.dumps({"token": T2, "priority": 1.5}),
+            json.dumps({"token": T2, "priority": True}),
+            json.dumps({"token": T2, "max_concurrent": 0}),
+            json.dumps({"token": T2, "max_concurrent": "4"}),
+            json.dumps({"token": T2, "proxy": "ftp://u:hunter2@127.0.0.2:9"}),
+            json.dumps({"token": T2, "proxy": "u:hunter2@127.0.0.2:9"}),
+            json.dumps({"token": T2, "proxy": 8080}),
+        ]
+    )
+    summary = run(tmp_path, content)
+    assert summary.startswith("imported 1, skipped 0 duplicates, 7 invalid (line 2: priority must be an integer; ")
+    assert "line 3: priority must be an integer" in summary
+    assert "line 4: max_concurrent must be a whole number of at least 1, or null" in summary
+    assert "line 5: max_concurrent must be" in summary
+    assert "line 6: unsupported proxy scheme ftp://" in summary
+    assert "line 7: proxy URL 'u:****@127.0.0.2:9' has no scheme" in summary
+    assert "line 8: proxy must be a URL string" in summary
+    assert "hunter2" not in summary
+    assert T2 not in summary
+    from pools.models import Proxy
+
+    assert Proxy.objects.count() == 0
+
+
+def test_a_dry_run_creates_no_proxy(tmp_path: Path) -> None:
+    from pools.models import Proxy
+
+    content = json.dumps({"token": T1, "proxy": "http://127.0.0.2:9"})
+    assert run(tmp_path, content, "--dry-run").startswith("dry run: would import 1,")
+    assert Proxy.objects.count() == 0 and Account.objects.count() == 0
+
+
+def test_the_parser_takes_the_new_fields_without_the_database() -> None:
+    parsed = parse_tokens(
+        json.dumps({"token": T1, "proxy": "socks5://127.0.0.2:9", "priority": 2}) + f"\n{T2}\n",
+        default_priority=4, default_max_concurrent=1,
+    )
+    assert [(e.priority, e.max_concurrent, e.proxy_url) for e in parsed.entries] == [
+        (2, 1, "socks5h://127.0.0.2:9"), (4, 1, ""),
+    ]

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 MAX_FILE_BYTES = 20 * 1024 * 1024
 FORMATS_HELP = (
     "One token per line (bare, sso=…, or a whole Cookie header), JSON Lines with "
-    "{\"token\", \"tier\", \"note\"}, or a JSON list of either. Blank lines and # comments are skipped."
+    "{\"token\", \"tier\", \"note\", \"priority\", \"max_concurrent\", \"proxy\"}, or a JSON list of either. "
+    "Blank lines and # comments are skipped."
 )
 
 
