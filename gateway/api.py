@@ -6,6 +6,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -28,6 +29,7 @@ from gateway.models import CATALOGUE_CREATED, ModelSpec, all_models, get_model, 
 from gateway.schemas import ChatCompletionRequest, ErrorBody, Model, ModelList
 from gateway.stream import Aggregator, ChunkWriter, EventStream
 from pools.selection import available_tiers
+from pools.settings import aget_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +61,24 @@ def _model_row(spec: ModelSpec) -> dict:
     return {"id": spec.id, "object": "model", "created": CATALOGUE_CREATED, "owned_by": "xai"}
 
 
+def _servable(spec: ModelSpec, tiers: Iterable[str]) -> bool:
+    return any(tier_satisfies(t, spec.tier) for t in tiers)
+
+
 @router.get("/models", response={200: ModelList, **ERRORS})
 async def list_models(request: HttpRequest) -> dict:
     tiers = await available_tiers()
-    rows = [_model_row(m) for m in all_models() if any(tier_satisfies(t, m.tier) for t in tiers)]
+    aliases = (await aget_runtime()).list_model_aliases
+    rows = [_model_row(m) for m in all_models() if (aliases or not m.is_alias) and _servable(m, tiers)]
     return {"object": "list", "data": rows}
 
 
 @router.get("/models/{model_id}", response={200: Model, **ERRORS})
 async def retrieve_model(request: HttpRequest, model_id: str) -> dict:
+    # Agrees with the list: a model no active account can serve is not there. An alias is
+    # found whenever its canonical model is listed, whether or not the list shows aliases.
     spec = get_model(model_id)
-    if spec is None:
+    if spec is None or not _servable(spec, await available_tiers()):
         raise ModelNotFound(model_id)
     return _model_row(spec)
 

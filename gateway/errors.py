@@ -14,17 +14,25 @@ ninja's own validation and auth errors) as
      ├── UpstreamFailed        502  Grok answered garbage, or blocked us
      ├── ServiceUnavailable    503  no account can serve the model
      └── GatewayTimeout        504  Grok went silent past a timeout
+
+Each error says whether retrying can help (`retryable`), as the `x-should-retry`
+header the OpenAI SDKs obey: `false` stops their automatic retries of a 503 that
+only an operator can fix; `true` comes with a `Retry-After`.
 """
 
 from __future__ import annotations
 
 import math
 
+# Seconds a client should wait before retrying a transient failure that names no window of its own.
+TRANSIENT_RETRY_AFTER = 1
+
 
 class OpenAIError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    retryable: bool | None = None  # None: say nothing, the client decides (an internal error)
 
     def __init__(
         self,
@@ -33,13 +41,23 @@ class OpenAIError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
-        self.headers = headers or {}
         if code is not None:
             self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+        self.headers = self._retry_headers() | (headers or {})
+
+    def _retry_headers(self) -> dict[str, str]:
+        if self.retryable is None:
+            return {}
+        if not self.retryable:
+            return {"x-should-retry": "false"}
+        return {"x-should-retry": "true", "Retry-After": str(TRANSIENT_RETRY_AFTER)}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -47,17 +65,20 @@ class OpenAIError(Exception):
 
 class InvalidRequest(OpenAIError):
     status = 400
+    retryable = False
     type = "invalid_request_error"
 
 
 class AuthenticationFailed(OpenAIError):
     status = 401
+    retryable = False
     type = "invalid_request_error"
     code = "invalid_api_key"
 
 
 class NotFound(OpenAIError):
     status = 404
+    retryable = False
     type = "invalid_request_error"
     code = "unknown_url"
 
@@ -74,12 +95,14 @@ class ModelNotFound(NotFound):
 
 class MethodNotAllowed(OpenAIError):
     status = 405
+    retryable = False
     type = "invalid_request_error"
     code = "method_not_allowed"
 
 
 class RateLimited(OpenAIError):
     status = 429
+    retryable = True
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
@@ -90,18 +113,23 @@ class RateLimited(OpenAIError):
 
 
 class UpstreamFailed(OpenAIError):
+    """Final unless raised with `retryable=True` (Grok kept failing: another try later may pass)."""
+
     status = 502
+    retryable = False
     type = "upstream_error"
     code = "upstream_error"
 
 
 class ServiceUnavailable(OpenAIError):
     status = 503
+    retryable = False
     type = "service_unavailable_error"
     code = "no_account_available"
 
 
 class GatewayTimeout(OpenAIError):
     status = 504
+    retryable = True
     type = "timeout_error"
     code = "upstream_timeout"

@@ -25,6 +25,9 @@ from __future__ import annotations
 import enum
 import logging
 import random
+from urllib.parse import urlsplit
+
+from django.conf import settings
 
 from gateway.errors import GatewayTimeout, OpenAIError, RateLimited, ServiceUnavailable, UpstreamFailed
 from gateway.grok import (
@@ -112,8 +115,19 @@ def to_openai(exc: UpstreamError, model: ModelSpec | None, attempts: int = 1) ->
             "Import fresh sso tokens with `manage.py import_tokens`."
         )
     if isinstance(exc, UpstreamUnavailable):
-        return UpstreamFailed(f"Grok is unavailable after {attempts} attempt(s): {exc}", code="upstream_unavailable")
+        if exc.network_reason:  # name where we tried to go; curl's own text stays in the log (`detail`)
+            return UpstreamFailed(
+                f"Could not reach Grok at {_grok_host()} after {attempts} attempt(s): {exc.network_reason}; "
+                "check the network or PROXY_URL.",
+                code="upstream_unavailable", retryable=True,
+            )
+        return UpstreamFailed(f"Grok is unavailable after {attempts} attempt(s): {exc}", code="upstream_unavailable",
+                              retryable=True)
     return UpstreamFailed(f"Grok answered something this gateway cannot read: {exc}", code="upstream_protocol_error")
+
+
+def _grok_host() -> str:
+    return urlsplit(settings.GROK_BASE_URL).netloc or settings.GROK_BASE_URL
 
 
 def log_attempt(
@@ -128,9 +142,10 @@ def log_attempt(
                         attempt, limit, model, lease.masked_token, proxy)
         else:
             logger.warning(
-                "attempt=%d/%d model=%s account=%s proxy=%s result=%s status=%s next=%s error=%r",
+                "attempt=%d/%d model=%s account=%s proxy=%s result=%s status=%s next=%s error=%r%s",
                 attempt, limit, model, lease.masked_token, proxy, type(exc).__name__,
                 exc.status if exc.status is not None else "-", step.value if step else "-", str(exc),
+                f" detail={exc.detail!r}" if exc.detail else "",
             )
     except Exception:  # a log line must never fail a request
         logger.debug("could not log attempt %d", attempt, exc_info=True)

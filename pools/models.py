@@ -331,6 +331,9 @@ class RuntimeSettings(models.Model):
     thinking_format = models.CharField(max_length=20, choices=THINKING_FORMATS, default="reasoning_content")
     show_thinking = models.BooleanField(default=True)
     show_search_results = models.BooleanField(default=True)
+    list_model_aliases = models.BooleanField(
+        default=False, help_text="GET /v1/models lists the alias ids too (they work in requests either way)."
+    )
     first_byte_timeout = models.FloatField(default=30.0, help_text="Seconds until Grok's first frame.")
     idle_timeout = models.FloatField(default=60.0, help_text="Seconds allowed between two frames.")
     total_timeout = models.FloatField(default=600.0, help_text="Seconds for a whole answer.")

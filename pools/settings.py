@@ -68,6 +68,7 @@ class Runtime:
     statsig_mode: str
     statsig_id: str
     max_upstream_streams: int
+    list_model_aliases: bool
     version: int = 0
 
     @property

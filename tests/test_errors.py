@@ -71,9 +71,11 @@ def test_it_answers_404_for_an_unknown_model(gateway, pool):
     assert error["code"] == "model_not_found" and error["param"] == "model"
 
 
-@pytest.mark.parametrize("path", ["/v1/completions", "/v1/nope/deeper", "/v1"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/nope/deeper", "/v1", "/v1/", "/v1/nope", "/v1/models/",
+                                  "/v1/models/grok-chat-fast/"])
 def test_it_answers_404_for_unknown_routes(gateway, path):
-    _error(_call(gateway, "GET", path), 404)
+    error = _error(_call(gateway, "GET", path), 404)
+    assert error["code"] == "unknown_url"
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/v1/chat/completions"), ("DELETE", "/v1/models"),
@@ -184,3 +186,77 @@ def test_a_crash_in_a_view_answers_500_and_is_logged_once_with_its_traceback_and
     assert line.name == "gateway.api" and line.getMessage() == "unhandled error on POST /v1/chat/completions"
     assert line.exc_info and line.exc_info[0] is KeyError
     assert line.request_id == "rid-crash-1"
+
+
+def _should_retry(response: httpx.Response) -> str | None:
+    return response.headers.get("x-should-retry")
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status"), [
+    ("POST", "/v1/chat/completions", {"json": {"model": "grok-chat-fast"}}, 400),
+    ("GET", "/v1/models", {"headers": {}}, 401),
+    ("GET", "/v1/nope", {}, 404),
+    ("GET", "/v1/models/gpt-9", {}, 404),
+    ("DELETE", "/v1/models", {}, 405),
+    ("POST", "/v1/chat/completions", {"json": {"model": "grok-chat-fast", "messages": HI}}, 503),  # empty pool
+])
+def test_errors_retrying_cannot_fix_say_so(gateway, method, path, kwargs, status):
+    response = _call(gateway, method, path, **kwargs)
+    _error(response, status)
+    assert _should_retry(response) == "false"
+    assert "Retry-After" not in response.headers
+
+
+def test_it_answers_413_as_final(gateway, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"model": "grok-chat-fast", "messages": [{"role": "user", "content": "x" * 5000}]}
+    response = _call(gateway, json=body)
+    _error(response, 413)
+    assert _should_retry(response) == "false"
+
+
+def test_the_sdk_does_not_retry_an_empty_pool(gateway):
+    import openai
+
+    sent = []
+    http = httpx.Client(event_hooks={"request": [sent.append]})
+    sdk = openai.OpenAI(base_url=gateway + "/v1", api_key=API_KEY, max_retries=2, http_client=http)
+    with pytest.raises(openai.APIStatusError) as info:
+        sdk.chat.completions.create(model="grok-chat-fast", messages=HI)
+    assert info.value.status_code == 503
+    assert len(sent) == 1
+
+
+def test_transient_failures_say_when_to_retry(gateway, pool):
+    pool.add("ratelimited-1")
+    response = _call(gateway, json={"model": "grok-chat-fast", "messages": HI})
+    _error(response, 429)
+    assert _should_retry(response) == "true" and int(response.headers["Retry-After"]) >= 1
+    for i in range(3):
+        pool.add(f"flaky-{i}")
+    response = _call(gateway, json={"model": "grok-chat-fast", "messages": HI})
+    assert _error(response, 502)["code"] == "upstream_unavailable"
+    assert _should_retry(response) == "true" and int(response.headers["Retry-After"]) >= 1
+
+
+def test_a_cloudflare_block_is_final(gateway, pool):
+    pool.add("cfblocked-1")
+    response = _call(gateway, json={"model": "grok-chat-fast", "messages": HI})
+    _error(response, 502)
+    assert _should_retry(response) == "false"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_network_error_is_told_in_the_gateways_words(gateway, pool, settings, caplog, stream):
+    import logging
+
+    settings.GROK_BASE_URL = "http://127.0.0.2:9"  # nothing listens there
+    pool.add("good-1")
+    with caplog.at_level(logging.WARNING, logger="gateway.retry"):
+        response = _call(gateway, json={"model": "grok-chat-fast", "messages": HI, "stream": stream})
+    error = _error(response, 502)
+    assert error["code"] == "upstream_unavailable"
+    assert "127.0.0.2:9" in error["message"] and "PROXY_URL" in error["message"]
+    assert "curl" not in error["message"].lower() and "https://curl.se" not in response.text
+    # curl's own text is kept for the operator.
+    assert any("curl" in r.getMessage() for r in caplog.records if r.name == "gateway.retry")

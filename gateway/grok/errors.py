@@ -35,9 +35,13 @@ _BANNED_MARKERS = ("blocked-user", "user is blocked")
 class UpstreamError(Exception):
     """Grok did not give us a usable answer."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    network_reason = ""  # set on network failures: what happened, in our words ("connection refused…")
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        # The library's own wording (curl's, with its documentation URL): for the log, never for a client.
+        self.detail = detail
 
 
 class UpstreamAuthError(UpstreamError):
@@ -130,12 +134,49 @@ def _proxy_failure(exc: RequestException) -> bool:
     return isinstance(exc, CurlConnectionError) and getattr(exc, "code", None) in _PROXY_CODES
 
 
+# curl's failures in our words; the rest are "network error (curl code N)".
+_REASONS = {
+    CurlECode.COULDNT_RESOLVE_HOST: "the host name did not resolve",
+    CurlECode.COULDNT_RESOLVE_PROXY: "the proxy's host name did not resolve",
+    CurlECode.COULDNT_CONNECT: "failed to connect (connection refused or host unreachable)",
+    CurlECode.OPERATION_TIMEDOUT: "the connection timed out",
+    CurlECode.SSL_CONNECT_ERROR: "the TLS handshake failed",
+    CurlECode.PEER_FAILED_VERIFICATION: "the TLS certificate did not verify",
+    CurlECode.PROXY: "the proxy refused the tunnel",
+    CurlECode.GOT_NOTHING: "the server closed the connection without answering",
+    CurlECode.SEND_ERROR: "the connection broke while sending",
+    CurlECode.RECV_ERROR: "the connection broke while receiving",
+    CurlECode.PARTIAL_FILE: "the answer was cut short",
+    CurlECode.HTTP2: "an HTTP/2 error",
+    CurlECode.HTTP2_STREAM: "the HTTP/2 stream was reset",
+}
+
+
+def _reason_for(exc: RequestException) -> str:
+    """What a curl_cffi failure was, in a few words of ours (no curl wording, no curl URL)."""
+    code = getattr(exc, "code", None)
+    reason = _REASONS.get(code) if code is not None else None
+    if reason:
+        return reason
+    if isinstance(exc, SSLError):
+        return "a TLS error"
+    if isinstance(exc, ProxyError):
+        return "a proxy error"
+    return f"a network error (code {int(code)})" if code else "a network error"
+
+
 def upstream_error(exc: RequestException, proxy: str = "") -> UpstreamUnavailable:
     """What a curl_cffi failure means for us; through `proxy`, the failures between us and
-    the proxy (resolve, connect, tunnel, TLS handshake) are the proxy's."""
+    the proxy (resolve, connect, tunnel, TLS handshake) are the proxy's. The message is ours;
+    curl's own text stays in `detail`, for the log."""
+    reason, detail = _reason_for(exc), str(exc)
+    error: UpstreamUnavailable
     if proxy and _proxy_failure(exc):
-        return UpstreamProxyFailed(f"proxy {mask_proxy_url(proxy)} failed: {exc}")
-    return UpstreamUnavailable(f"network error talking to Grok: {exc}")
+        error = UpstreamProxyFailed(f"proxy {mask_proxy_url(proxy)} failed: {reason}", detail=detail)
+    else:
+        error = UpstreamUnavailable(f"could not reach Grok: {reason}", detail=detail)
+    error.network_reason = reason
+    return error
 
 
 @contextmanager

@@ -63,7 +63,7 @@ class RuntimeSettingsAdmin(admin.ModelAdmin):
     form = RuntimeSettingsForm
     readonly_fields = ("version", "updated_at")
     fieldsets = (
-        ("Answers", {"fields": ("thinking_format", "show_thinking", "show_search_results")}),
+        ("Answers", {"fields": ("thinking_format", "show_thinking", "show_search_results", "list_model_aliases")}),
         ("Time budgets", {"fields": ("first_byte_timeout", "idle_timeout", "total_timeout", "heartbeat_interval")}),
         ("Retries and accounts", {"fields": (
             "max_attempts", "retry_status_codes", "account_max_concurrent", "queue_timeout",
