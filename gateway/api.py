@@ -34,6 +34,7 @@ from pools.settings import aget_runtime
 logger = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+THINKING_FORMATS = ("reasoning_content", "think", "none")  # what `X-Thinking-Format` may ask for
 
 
 class ApiKeyAuth:
@@ -85,6 +86,7 @@ async def retrieve_model(request: HttpRequest, model_id: str) -> dict:
 
 @router.post("/chat/completions", response={200: dict, **ERRORS})
 async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponseBase:
+    request.grok2api_model = body.model  # type: ignore[attr-defined]  # for the access line (grok2api.api_handler)
     spec = get_model(body.model)
     if spec is None:
         raise ModelNotFound(body.model)
@@ -92,11 +94,14 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
         raise InvalidRequest("Only n=1 is supported: Grok returns one answer per call.", param="n")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    session = await service.open_chat(spec, flatten(body.messages), temperature=body.temperature, top_p=body.top_p)
+    thinking_format = _thinking_format(request)
+    session = await service.open_chat(spec, flatten(body.messages), temperature=body.temperature, top_p=body.top_p,
+                                      thinking_format=thinking_format)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(completion_id, created, body.model, include_usage=include_usage)
-        return EventStream(_sse(session, writer), content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS)
+        return EventStream(_sse(session, writer, request), content_type="text/event-stream; charset=utf-8",
+                           headers=SSE_HEADERS)
     aggregator = Aggregator()
     try:
         async for batch in session.batches():
@@ -107,7 +112,18 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     return JsonResponse(aggregator.body(completion_id, created, body.model, session.usage()))
 
 
-async def _sse(session: service.ChatSession, writer: ChunkWriter):
+def _thinking_format(request: HttpRequest) -> str | None:
+    """The request's `X-Thinking-Format`, or None to follow the runtime setting. Raises `InvalidRequest`."""
+    value = request.META.get("HTTP_X_THINKING_FORMAT", "").strip().lower()  # META: see ApiKeyAuth
+    if not value:
+        return None
+    if value not in THINKING_FORMATS:
+        raise InvalidRequest(f"X-Thinking-Format must be one of {', '.join(THINKING_FORMATS)}.",
+                             param="X-Thinking-Format", code="invalid_value")
+    return value
+
+
+async def _sse(session: service.ChatSession, writer: ChunkWriter, request: HttpRequest):
     """The SSE body. Every path ends with a finish chunk and [DONE]; a client that leaves stops Grok."""
     try:
         yield writer.role()
@@ -116,6 +132,7 @@ async def _sse(session: service.ChatSession, writer: ChunkWriter):
                 # One write per batch: pieces that arrived together leave together.
                 yield writer.HEARTBEAT if batch is None else b"".join(map(writer.piece, batch))
         except OpenAIError as exc:
+            request.grok2api_error = True  # type: ignore[attr-defined]  # the access line says `error`, not `ok`
             yield writer.error(exc)
         yield writer.finish()
         if writer.include_usage:

@@ -77,13 +77,15 @@ class _Timed:
 class ChatSession:
     """One upstream answer on one leased account. Open with `start()`, read `batches()`, always `close()`."""
 
-    def __init__(self, lease: Lease, dialect: Dialect, ask: ChatAsk, runtime: Runtime) -> None:
+    def __init__(self, lease: Lease, dialect: Dialect, ask: ChatAsk, runtime: Runtime, *,
+                 thinking_format: str | None = None) -> None:
         self.lease = lease
         self.ask = ask
         self.runtime = runtime
+        # The request's own choice (`X-Thinking-Format`) wins over the runtime's; "none" hides the thinking.
         self.renderer = Renderer(
-            thinking_format=runtime.thinking_format,
-            show_thinking=runtime.show_thinking,
+            thinking_format=thinking_format or runtime.thinking_format,
+            show_thinking=runtime.show_thinking and thinking_format != "none",
             show_search=runtime.show_search_results,
             assets_url=settings.GROK_ASSETS_URL,
         )
@@ -179,9 +181,11 @@ class ChatSession:
 
 
 async def open_chat(model: ModelSpec, prompt: str, *, temperature: float | None = None,
-                    top_p: float | None = None) -> ChatSession:
+                    top_p: float | None = None, thinking_format: str | None = None) -> ChatSession:
     """A started `ChatSession` answering `prompt`, after as many attempts as the retry policy allows.
-    Raises `OpenAIError`."""
+
+    `thinking_format` (`reasoning_content`, `think` or `none`) overrides the runtime setting for
+    this answer; None keeps it. Raises `OpenAIError`."""
     ask = ChatAsk(mode=model.mode, prompt=prompt, temperature=temperature, top_p=top_p)
     runtime = await aget_runtime()
     limit = max(1, runtime.max_attempts)
@@ -193,7 +197,7 @@ async def open_chat(model: ModelSpec, prompt: str, *, temperature: float | None 
         lease = await _lease(model, tried, last)
         choice = await _route(lease, refused, last)
         dialect = RestDialect(GrokClient(client_config(runtime, choice)))
-        session = ChatSession(lease, dialect, ask, runtime)
+        session = ChatSession(lease, dialect, ask, runtime, thinking_format=thinking_format)
         try:
             await session.start()
         except UpstreamError as exc:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, cast
 
@@ -57,6 +58,9 @@ API_MIDDLEWARE = [
     "grok2api.api_handler.HostCheckMiddleware",
 ]
 API_PREFIXES = ("/v1/", "/health")
+
+# One line per /v1 request, at INFO, written when the answer has ended (a stream: when its last byte left).
+access_logger = logging.getLogger("grok2api.access")
 
 
 @async_only_middleware
@@ -184,7 +188,9 @@ class ApiHandler(ASGIHandler):
                 serving.cancel()
 
         watcher = asyncio.create_task(watch())
+        started = time.perf_counter()
         response: HttpResponseBase | None = None
+        failed = False
         try:
             response = await self.run_get_response(request)
             await self.send_response(response, send)
@@ -192,11 +198,43 @@ class ApiHandler(ASGIHandler):
             if not state["left"]:
                 raise
             serving.uncancel()  # the client left: that is an end, not an error
+        except BaseException:
+            failed = True
+            raise
         finally:
             state["done"] = True
             watcher.cancel()
             if response is not None:
                 _close(response)
+            if request.path.startswith("/v1") and access_logger.isEnabledFor(logging.INFO):
+                _log_access(request, response, started, "client_disconnected" if state["left"] else
+                            "error" if failed else None)
+
+
+def _log_access(request: HttpRequest, response: HttpResponseBase | None, started: float, outcome: str | None) -> None:
+    """The access line: `outcome` is given when the request ended early, else read from the status."""
+    status = response.status_code if response is not None else 499  # left before the answer started (as nginx)
+    if outcome is None:
+        outcome = "error" if status >= 400 or getattr(request, "grok2api_error", False) else "ok"
+    # The request id is the line's `[…]` (the formatter's); `extra` gives it to handlers without the filter too.
+    access_logger.info(
+        "%s %s status=%d duration_ms=%d key=%s model=%s result=%s",
+        request.method, request.path, status, (time.perf_counter() - started) * 1000,
+        key_label(request), getattr(request, "grok2api_model", "-"), outcome,
+        extra={"request_id": getattr(request, "request_id", "-")},
+    )
+
+
+def key_label(request: HttpRequest) -> str:
+    """The API key the request sent, masked (`sk-…wxyz`); `-` when the API is open or none was sent."""
+    if not settings.API_KEYS:
+        return "-"
+    _, _, key = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    key = key.strip()
+    if not key:
+        return "-"
+    # Short keys keep their end hidden too: 7 shown characters would be most of them.
+    return f"{key[:3]}…{key[-4:]}" if len(key) >= 16 else f"{key[:3]}…"
 
 
 def _close(response: HttpResponseBase) -> None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import threading
+import time
+
+import httpx
+import pytest
 
 from grok2api.logs import QueuedStderrHandler
 from grok2api.request_id import request_id
+from tests.conftest import API_KEY
 
 
 def test_the_configured_console_handler_writes_from_a_thread_of_its_own():
@@ -46,3 +52,88 @@ def test_the_record_is_formatted_in_the_calling_thread():
         request_id.reset(marker)
     assert prepared.args is None
     assert "[rid-here] n=7" in prepared.msg
+
+
+# -- the access line: one per /v1 request, written when the answer has ended ----------------------------------
+
+ACCESS = "grok2api.access"
+
+
+def _access_lines(caplog, rid: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == ACCESS and getattr(r, "request_id", None) == rid]
+
+
+def _the_line(caplog, rid: str) -> str:
+    # The line of a stream is written in the server's thread when the stream ends: wait for it (bounded).
+    deadline = time.monotonic() + 10
+    while not _access_lines(caplog, rid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (record,) = _access_lines(caplog, rid)
+    assert record.levelno == logging.INFO
+    return record.getMessage()
+
+
+@pytest.fixture
+def access(caplog):
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    return caplog
+
+
+def test_a_401_leaves_one_access_line_with_a_masked_key(gateway, access):
+    wrong = "sk-wrong-key-0123456789"
+    reply = httpx.post(gateway + "/v1/chat/completions", timeout=30, json={"model": "grok-chat-fast", "messages": []},
+                       headers={"Authorization": f"Bearer {wrong}", "X-Request-Id": "log-401"})
+    assert reply.status_code == 401
+    line = _the_line(access, "log-401")
+    assert line.startswith("POST /v1/chat/completions status=401 duration_ms=")
+    assert "key=sk-…6789" in line and wrong not in line
+    assert line.endswith("model=- result=error")
+
+
+def test_a_404_leaves_one_access_line(gateway, access):
+    reply = httpx.get(gateway + "/v1/nowhere", timeout=30,
+                      headers={"Authorization": f"Bearer {API_KEY}", "X-Request-Id": "log-404"})
+    assert reply.status_code == 404
+    line = _the_line(access, "log-404")
+    assert line.startswith("GET /v1/nowhere status=404 ") and line.endswith(" result=error")
+    assert API_KEY not in line
+
+
+def test_a_stream_leaves_one_access_line_when_it_ends(gateway, pool, access):
+    pool.add("good-1")
+    body = {"model": "grok-chat-fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", gateway + "/v1/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {API_KEY}", "X-Request-Id": "log-stream"}) as reply:
+        assert reply.status_code == 200
+        assert "[DONE]" in reply.read().decode()
+    line = _the_line(access, "log-stream")
+    assert line.startswith("POST /v1/chat/completions status=200 ")
+    assert line.endswith(" model=grok-chat-fast result=ok")
+
+
+def test_a_stream_the_client_abandons_is_logged_as_client_disconnected(gateway, pool, fake_grok, access):
+    pool.add("good-1")
+    host, port = gateway.removeprefix("http://").split(":")
+    body = '{"model":"grok-chat-fast","stream":true,"messages":[{"role":"user","content":"[fake:pace=400:25]"}]}'
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+               f"X-Request-Id: log-gone\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request.encode())
+        received = b""
+        while received.count(b"data: ") < 5:
+            received += sock.recv(4096)
+    line = _the_line(access, "log-gone")
+    assert line.startswith("POST /v1/chat/completions status=200 ")
+    assert line.endswith(" model=grok-chat-fast result=client_disconnected")
+
+
+def test_a_stream_that_fails_after_it_started_is_logged_as_an_error(gateway, pool, access):
+    pool.add("good-1")
+    body = {"model": "grok-chat-fast", "stream": True,
+            "messages": [{"role": "user", "content": "[fake:error-after-text]"}]}
+    with httpx.stream("POST", gateway + "/v1/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {API_KEY}", "X-Request-Id": "log-inband"}) as reply:
+        assert reply.status_code == 200
+        assert '"error"' in reply.read().decode()
+    line = _the_line(access, "log-inband")
+    assert line.startswith("POST /v1/chat/completions status=200 ") and line.endswith(" result=error")
