@@ -8,6 +8,7 @@ counters.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,11 +27,22 @@ def tiers_at_least(tier: str) -> list[str]:
     return [name for name, rank in TIER_ORDER.items() if rank >= TIER_ORDER[tier]]
 
 
+# Shorter tokens would give away too much of themselves in the long form's 10 characters.
+MASK_LONG_FROM = 24
+
+
 def mask_token(token: str) -> str:
-    """`eyJhbGciOi…Xk3Q` style: enough to tell accounts apart, never the whole secret."""
-    if len(token) <= 12:
-        return token[:2] + "…" if token else ""
-    return f"{token[:6]}…{token[-4:]}"
+    """`eyJhbG…Xk3Q` for a long token; `de…a1b2` for a short one: enough to tell accounts apart, never the secret.
+
+    A short token shows at most 2 leading characters (fewer when very short) and, instead of its end,
+    the first 4 hex digits of its sha256, so demo and test accounts that share a prefix stay distinct.
+    """
+    if not token:
+        return ""
+    if len(token) >= MASK_LONG_FROM:
+        return f"{token[:6]}…{token[-4:]}"
+    fingerprint = hashlib.sha256(token.encode()).hexdigest()[:4]
+    return f"{token[:min(2, len(token) // 4)]}…{fingerprint}"
 
 
 class Tier(models.TextChoices):

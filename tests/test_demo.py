@@ -64,3 +64,22 @@ def test_it_prints_a_python_snippet_that_streams_an_answer(demo):
     out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "Grok shipped X [[1]](https://example.com/a)." in out.stdout
+
+
+@pytest.mark.parametrize("variable", ["FAKE_PORT", "PORT"])
+def test_a_busy_port_fails_in_one_line_naming_its_variable(tmp_path, variable):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = {"FAKE_PORT": _free_port(), "PORT": _free_port(), variable: busy.getsockname()[1]}
+        fake = f"http://127.0.0.1:{ports['FAKE_PORT']}"
+        env = {**os.environ, "DATA_DIR": str(tmp_path), "PORT": str(ports["PORT"]), "API_KEY": "demo-key",
+               "GROK_BASE_URL": fake, "GROK_ASSETS_URL": fake}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        result = subprocess.run([sys.executable, "manage.py", "demo"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "listening" not in result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert f"set {variable} " in line and str(ports[variable]) in line

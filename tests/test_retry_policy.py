@@ -151,15 +151,15 @@ def test_it_answers_503_naming_the_tier_when_no_account_has_it(client, pool, fak
 def test_it_logs_one_line_per_attempt_with_the_masked_token_and_proxy(client, pool, runtime, farm, caplog):
     proxy = farm.proxy("static")
     runtime(proxy_mode="static", proxy_url=proxy.url.replace("http://", "http://user:pw@"))
-    pool.add("flaky-abcdefghijklmnop", priority=1)
-    pool.add("good-abcdefghijklmnop")
+    pool.add("flaky-0123456789abcdefghijklmnop", priority=1)
+    pool.add("good-0123456789abcdefghijklmnop")
     with caplog.at_level(logging.INFO, logger="gateway.retry"):
         _ask(client)
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.retry"]
     assert len(lines) == 2, lines
     assert lines[0].startswith("attempt=1/3 model=grok-chat-fast account=flaky-…mnop proxy=http://user:****@")
     assert "status=503 next=backoff" in lines[0]
-    assert lines[1].startswith("attempt=2/3 model=grok-chat-fast account=good-a…mnop") and "result=ok" in lines[1]
+    assert lines[1].startswith("attempt=2/3 model=grok-chat-fast account=good-0…mnop") and "result=ok" in lines[1]
     assert not any("abcdefghijklmnop" in line or ":pw@" in line for line in lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,3 +140,20 @@ def test_one_worker_serves_a_stream_on_either_server(fake_grok, tmp_path, server
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode in (0, -signal.SIGTERM), out
     assert f"server: {server}" in out
+
+
+def test_a_busy_port_fails_in_one_line_naming_port_before_saying_listening(tmp_path):
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "DATABASE_URL": "", "REDIS_URL": "", "PERIODIC_JOBS": "false"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=60)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "listening" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "PORT" in line and str(port) in line

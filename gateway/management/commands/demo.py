@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from gateway.management.commands.serve import refuse_busy_port
 from pools.importing import import_tokens
 
 # JSON lines, the same format operators can feed `import_tokens`.
@@ -33,9 +34,17 @@ class Command(BaseCommand):
         # The fake is test and demo code: a running gateway never imports it.
         from gateway.fakegrok import FakeGrok
 
+        fake_port = upstream.port or 80
+        # Both ports before anything starts: a busy one ends the demo in one line, not a traceback.
+        refuse_busy_port(upstream.hostname, fake_port, "FAKE_PORT", f"`make demo FAKE_PORT={fake_port + 1}`")
+        refuse_busy_port(settings.HOST, settings.PORT, "PORT", f"`make demo PORT={settings.PORT + 1}`")
         call_command("migrate", "--noinput", verbosity=0)
-        fake = FakeGrok(host=upstream.hostname, port=upstream.port or 80)
-        fake.start_in_thread()
+        fake = FakeGrok(host=upstream.hostname, port=fake_port)
+        try:
+            fake.start_in_thread()
+        except OSError as exc:  # taken since the check
+            raise CommandError(f"cannot start the fake Grok on {upstream.hostname}:{fake_port} ({exc.strerror or exc})"
+                               f": set FAKE_PORT to a free port") from None
         import_tokens(DEMO_ACCOUNTS)  # duplicates are skipped, so a second `make demo` is fine
         self.stdout.write(self._snippets())
         self.stdout.flush()

@@ -33,6 +33,22 @@ SERVERS = ("uvicorn", "daphne")
 GRACEFUL_SHUTDOWN = 30
 
 
+def refuse_busy_port(host: str, port: int, variable: str, example: str) -> None:
+    """Fail in one line naming `variable` if `host:port` cannot be bound, before anything says "listening".
+
+    A probe bind (with SO_REUSEADDR, as the servers bind) rather than a connect: it also catches a port this
+    user may not bind and a host that is not ours, and a socket in TIME_WAIT does not count as busy.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): set {variable} to a free "
+                               f"port, e.g. {example}") from None
+
+
 def worker_command(server: str, fd: int) -> list[str]:
     """The command line of one supervised worker, accepting on the inherited socket `fd`."""
     if server == "uvicorn":
@@ -64,6 +80,7 @@ class Command(BaseCommand):
         server = server or settings.ASGI_SERVER
         if server not in SERVERS:
             raise CommandError(f"ASGI_SERVER must be one of {', '.join(SERVERS)}, not {server!r}")
+        refuse_busy_port(host, port, "PORT", f"`PORT={port + 1} make run`")
         self.stdout.write(
             f"grok2api listening on http://{host}:{port}  (admin: /admin/, API: /v1/, "
             f"workers: {workers}, server: {server})"
