@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -115,6 +118,27 @@ def _wait_idle(fake: FakeGrok, timeout: float = 10) -> None:
         if not any(fake.stats(t).in_flight for t in {r.token for r in fake.requests() if r.token}):
             return
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def raw_chat_stream(gateway: str, content: str, request_id: str = "") -> Iterator[socket.socket]:
+    """A streaming chat sent over a bare socket, so a test can leave at any moment: closing it (the
+    end of the block) is a client that hangs up, which the SDKs never let a test do mid-frame."""
+    host, port = gateway.removeprefix("http://").split(":")
+    body = json.dumps({"model": "grok-chat-fast", "stream": True, "messages": [{"role": "user", "content": content}]})
+    extra = f"X-Request-Id: {request_id}\r\n" if request_id else ""
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n{extra}"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request.encode())
+        yield sock
+
+
+def read_frames(sock: socket.socket, count: int) -> None:
+    """Read until `count` SSE frames have arrived."""
+    received = b""
+    while received.count(b"data: ") < count:
+        received += sock.recv(4096)
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
 
-from tests.conftest import API_KEY
+from tests.conftest import raw_chat_stream, read_frames
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,15 +23,8 @@ def _wait(predicate, timeout: float = 5.0) -> bool:
 
 def test_it_stops_the_upstream_stream_when_the_client_disconnects(gateway, pool, fake_grok):
     pool.add("good-1")
-    host, port = gateway.removeprefix("http://").split(":")
-    body = ('{"model":"grok-chat-fast","stream":true,"messages":[{"role":"user","content":"[fake:pace=400:25]"}]}')
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(request.encode())
-        received = b""
-        while received.count(b"data: ") < 5:
-            received += sock.recv(4096)
+    with raw_chat_stream(gateway, "[fake:pace=400:25]") as sock:
+        read_frames(sock, 5)
         assert fake_grok.stats("good-1").in_flight == 1
     # 400 tokens at 25 ms would take 10 s: the fake must see us leave long before that.
     assert _wait(lambda: fake_grok.stats("good-1").disconnected == 1)
@@ -63,12 +55,7 @@ async def test_it_stops_the_upstream_when_an_sdk_stream_is_closed_early(gateway,
 
 def test_it_stops_the_upstream_when_the_client_leaves_before_the_first_byte(gateway, pool, fake_grok):
     pool.add("good-1")
-    host, port = gateway.removeprefix("http://").split(":")
-    body = '{"model":"grok-chat-fast","stream":true,"messages":[{"role":"user","content":"[fake:slow-headers=8]"}]}'
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(request.encode())
+    with raw_chat_stream(gateway, "[fake:slow-headers=8]"):
         assert _wait(lambda: fake_grok.stats("good-1").in_flight == 1)
     # The fake would answer after 8 s; the gateway must hang up on it as soon as we leave.
     assert _wait(lambda: fake_grok.stats("good-1").in_flight == 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import pytest
 
 from grok2api.logs import QueuedStderrHandler
 from grok2api.request_id import request_id
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, raw_chat_stream, read_frames
 
 
 def test_the_configured_console_handler_writes_from_a_thread_of_its_own():
@@ -113,15 +112,8 @@ def test_a_stream_leaves_one_access_line_when_it_ends(gateway, pool, access):
 
 def test_a_stream_the_client_abandons_is_logged_as_client_disconnected(gateway, pool, fake_grok, access):
     pool.add("good-1")
-    host, port = gateway.removeprefix("http://").split(":")
-    body = '{"model":"grok-chat-fast","stream":true,"messages":[{"role":"user","content":"[fake:pace=400:25]"}]}'
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
-               f"X-Request-Id: log-gone\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(request.encode())
-        received = b""
-        while received.count(b"data: ") < 5:
-            received += sock.recv(4096)
+    with raw_chat_stream(gateway, "[fake:pace=400:25]", request_id="log-gone") as sock:
+        read_frames(sock, 5)
     line = _the_line(access, "log-gone")
     assert line.startswith("POST /v1/chat/completions status=200 ")
     assert line.endswith(" model=grok-chat-fast result=client_disconnected")
